@@ -1,0 +1,35 @@
+"""What every resolver gets: the settings, the caller and the request's id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+
+from app.auth import Principal
+from app.errors import Unauthenticated
+from app.settings import Settings
+
+
+@dataclass
+class Context:
+    request: Request | WebSocket
+    response: Response | WebSocket | None
+    settings: Settings
+    request_id: str
+    principal: Principal | None = None
+    # Why the presented token was refused; None when there was no token or it was fine.
+    auth_error: str | None = None
+    # Set when the issuer's keys could not be loaded: the server's fault, not the caller's.
+    key_error: Exception | None = None
+
+    def require_principal(self) -> Principal:
+        if self.principal is not None:
+            return self.principal
+        if self.key_error is not None:
+            raise RuntimeError("the token issuer's keys are unavailable") from self.key_error
+        raise Unauthenticated(
+            self.auth_error or "an access token is required (Authorization: Bearer <token>)"
+        )

@@ -1,0 +1,84 @@
+"""Maps every error of an operation to the contract's shape, in one place.
+
+- a ``ServiceError`` keeps its message and gets its ``code`` (and extra members);
+- an error graphql-core raised before running anything (syntax, validation, variables) is the
+  client's bad input: ``BAD_USER_INPUT`` with the field it names, where it names one;
+- anything else is a bug or an outage: logged with the request id and replaced by
+  ``INTERNAL_SERVER_ERROR`` carrying only that id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from app.errors import ServiceError
+
+logger = logging.getLogger("app.errors")
+
+_VARIABLE_FIELD = re.compile(r"Variable '\$(\w+)' got invalid value .*? at '([\w.\[\]]+)'")
+_VARIABLE = re.compile(r"Variable '\$(\w+)'")
+_ARGUMENT_FIELD = re.compile(r"(?:Argument|Field) '([\w.]+)'")
+
+
+def convert(error: GraphQLError, request_id: str) -> GraphQLError:
+    original = error.original_error
+    if isinstance(original, ServiceError):
+        extensions: dict[str, Any] = {"code": original.code, **original.extensions}
+        return _rebuild(error, original.message, extensions)
+    if original is None:
+        if error.extensions and "code" in error.extensions:
+            return error
+        field = _field_named_by(error.message)
+        extensions = {
+            "code": "BAD_USER_INPUT",
+            "errors": [{"field": field, "message": error.message}],
+        }
+        return _rebuild(error, error.message, extensions)
+    logger.error(
+        "unexpected error request_id=%s path=%s",
+        request_id,
+        ".".join(str(p) for p in error.path or ()),
+        exc_info=(type(original), original, original.__traceback__),
+    )
+    return _rebuild(
+        error,
+        f"Internal server error (request id {request_id})",
+        {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
+    )
+
+
+def _rebuild(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions=extensions,
+    )
+
+
+def _field_named_by(message: str) -> str | None:
+    if match := _VARIABLE_FIELD.search(message):
+        return match.group(2)
+    if match := _VARIABLE.search(message):
+        return match.group(1)
+    if match := _ARGUMENT_FIELD.search(message):
+        return match.group(1)
+    return None
+
+
+class ErrorCodes(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            request_id = getattr(self.execution_context.context, "request_id", "-")
+            result.errors = [convert(error, request_id) for error in result.errors]

@@ -1,0 +1,116 @@
+"""The GraphQL schema: one query and one mutation over the order-event service."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.types import Info
+
+from app import events
+from app.api.context import Context
+from app.api.errors import ErrorCodes
+from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
+from app.models import EventState
+
+AccountId = Annotated[
+    strawberry.ID,
+    strawberry.argument(
+        description="The account: `P` (production) or `T` (test) and 8 digits, e.g. `T12345678`."
+    ),
+]
+OrderId = Annotated[
+    strawberry.ID,
+    strawberry.argument(
+        description="The merchant's order id: 1 to 128 printable characters, no `/`."
+    ),
+]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(
+        description=(
+            "One page of an order's events in version order, with the order's combined "
+            "state. An order with no events yet has an empty timeline in state PENDING. "
+            "Needs a read scope for the order."
+        )
+    )
+    async def order_events(
+        self,
+        info: Info[Context, None],
+        account_id: AccountId,
+        order_id: OrderId,
+        first: Annotated[
+            int | None,
+            strawberry.argument(
+                description="How many events to return: 0 up to the server's maximum (200 "
+                "unless configured otherwise)."
+            ),
+        ] = 50,
+        after: Annotated[
+            str | None, strawberry.argument(description="Return the events after this cursor.")
+        ] = None,
+    ) -> OrderEventCollection:
+        context = info.context
+        page = await events.list_events(
+            context.require_principal(),
+            account_id,
+            order_id,
+            first=50 if first is None else first,
+            after=after,
+            max_page_size=context.settings.max_page_size,
+        )
+        return OrderEventCollection.from_page(page, context.settings.public_url)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(
+        description=(
+            "Append a status event to an order's stream. The order's stream starts with its "
+            "first event. Needs a write scope for the order."
+        )
+    )
+    async def create_order_event(
+        self,
+        info: Info[Context, None],
+        account_id: AccountId,
+        order_id: OrderId,
+        event: Annotated[OrderEventInput, strawberry.argument(description="The event to append.")],
+    ) -> OrderStatusEvent:
+        context = info.context
+        stored = await events.create_event(
+            context.require_principal(),
+            account_id,
+            order_id,
+            events.NewEvent(
+                service=event.service,
+                service_status=event.service_status,
+                state=event.state or EventState.SUCCESS,
+                description=event.description,
+                metadata=event.metadata,
+            ),
+        )
+        return OrderStatusEvent.from_event(stored, context.settings.public_url)
+
+
+class Schema(strawberry.Schema):
+    def process_errors(self, errors: Any, execution_context: Any = None) -> None:
+        # ErrorCodes logs the unexpected errors, with the request id; a client's bad input or
+        # missing scope is not worth a log line with a traceback.
+        return
+
+
+def build_schema() -> strawberry.Schema:
+    return Schema(
+        query=Query,
+        mutation=Mutation,
+        # Parsing and validating a document costs more than running a small operation;
+        # clients send the same few documents over and over.
+        extensions=[ParserCache, ValidationCache, ErrorCodes],
+    )
+
+
+schema = build_schema()

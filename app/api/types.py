@@ -1,0 +1,142 @@
+"""The GraphQL types of the public contract; their descriptions land in schema.graphql."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import cast
+
+import strawberry
+from strawberry.scalars import JSON
+
+from app.events import EventPage, StoredEvent, links
+from app.models import EventState
+
+OrderEventState = strawberry.enum(
+    EventState,
+    name="OrderEventState",
+    description=(
+        "The state of an event. On an order's event collection, the combined state: FAILURE "
+        "if any event is ERROR or FAILURE; otherwise PENDING if there are no events or the "
+        "latest event of any service is PENDING; otherwise SUCCESS."
+    ),
+)
+
+
+@strawberry.input(description="A status report about an order from one service.")
+class OrderEventInput:
+    service: str = strawberry.field(
+        description=(
+            "The type of service reporting, to tell this status apart from other services' "
+            "(for example `kitchen`). 1 to 255 characters, no control characters."
+        )
+    )
+    service_status: str = strawberry.field(
+        description=(
+            "The status reported by the service, for example `ready_for_pickup`. "
+            "1 to 255 characters, no control characters."
+        )
+    )
+    state: OrderEventState | None = strawberry.field(  # type: ignore[valid-type]
+        default=EventState.SUCCESS, description="The state of the event; null means SUCCESS."
+    )
+    description: str | None = strawberry.field(
+        default=None,
+        description="A short reason for the status, for example `food prepared`. At most 1000 "
+        "characters.",
+    )
+    metadata: JSON | None = strawberry.field(
+        default=None,
+        description=(
+            "Free-form service data, for example a pickup location. Must be a JSON object, at "
+            "most 64 KiB as compact JSON and 32 levels deep; returned exactly as given, key "
+            "order included."
+        ),
+    )
+
+
+@strawberry.type(description="A link related to a resource.")
+class Link:
+    href: str
+    rel: str
+
+
+@strawberry.type(description="A status event of an order, as stored.")
+class OrderStatusEvent:
+    id: strawberry.ID = strawberry.field(description="The event's id, a UUID v4 string.")
+    event_type: str = strawberry.field(
+        description="`service-event` for status events posted by services."
+    )
+    account_id: strawberry.ID = strawberry.field(description="The account the order belongs to.")
+    order_id: strawberry.ID = strawberry.field(description="The merchant's order id.")
+    state: OrderEventState = strawberry.field(  # type: ignore[valid-type]
+        description="The state of the event."
+    )
+    service: str = strawberry.field(description="The type of service that reported the status.")
+    service_status: str = strawberry.field(description="The status reported by the service.")
+    description: str | None = strawberry.field(description="A short reason for the status.")
+    metadata: JSON | None = strawberry.field(description="Service data, exactly as posted.")
+    created_at: datetime = strawberry.field(
+        description="Server time of creation, RFC 3339 with time zone."
+    )
+    created_by: str = strawberry.field(
+        description="Who created the event: the access token's subject (the client id)."
+    )
+    version: int = strawberry.field(
+        description=(
+            "The order's version when the event was created: its position in the order's "
+            "stream, 1 for the first event, then 2, 3, ... without gaps."
+        )
+    )
+    links: list[Link] = strawberry.field(description="Links related to the event.")
+    cursor: str = strawberry.field(
+        description=(
+            "Opaque position of this event; pass it as `after` to read or watch what came after it."
+        )
+    )
+
+    @classmethod
+    def from_event(cls, event: StoredEvent, public_url: str) -> OrderStatusEvent:
+        return cls(
+            id=strawberry.ID(event.id),
+            event_type=event.event_type,
+            account_id=strawberry.ID(event.account_id),
+            order_id=strawberry.ID(event.order_id),
+            state=event.state,
+            service=event.service,
+            service_status=event.service_status,
+            description=event.description,
+            metadata=cast(JSON, event.metadata),
+            created_at=event.created_at,
+            created_by=event.created_by,
+            version=event.version,
+            links=[Link(href=link.href, rel=link.rel) for link in links(event, public_url)],
+            cursor=event.cursor,
+        )
+
+
+@strawberry.type(description="Where a page of results ends.")
+class PageInfo:
+    has_next_page: bool = strawberry.field(description="Whether more events follow this page.")
+    end_cursor: str | None = strawberry.field(
+        description=(
+            "The cursor of the page's last event; on an empty page the `after` that was asked "
+            "for, so a poller can keep passing it."
+        )
+    )
+
+
+@strawberry.type(description="A page of an order's events, with the order's combined state.")
+class OrderEventCollection:
+    events: list[OrderStatusEvent] = strawberry.field(description="Events in version order.")
+    state: OrderEventState = strawberry.field(  # type: ignore[valid-type]
+        description="The combined state over all of the order's events, not just this page."
+    )
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: EventPage, public_url: str) -> OrderEventCollection:
+        return cls(
+            events=[OrderStatusEvent.from_event(e, public_url) for e in page.events],
+            state=page.state,
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        )

@@ -1,0 +1,421 @@
+"""Access tokens: who is calling, for which account, and what their scopes let them do.
+
+A request's bearer token is a JWT signed by the issuer (RFC 9068 shape). `TokenValidator`
+checks it against the issuer's public keys, which come from a `KeySource`:
+
+    KeySource
+     ├── LocalIssuer    development: this server signs its own tokens (key under data/)
+     └── RemoteKeys     an external issuer's JWKS, from JWKS_URL or JWKS_FILE
+
+Errors:
+
+    TokenError          the token cannot be trusted: the client is UNAUTHENTICATED
+    KeySourceError      the issuer's keys could not be loaded: a server fault, not the client's
+
+The JWT work is done by joserfc, the library Authlib 1.9's own JWT code runs on. Authlib's
+RFC 9068 validator is not used as is: it is synchronous, wants one fixed audience, a client_id
+and jti in every token, and decodes without an explicit algorithm list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import httpx
+from joserfc import jwt
+from joserfc.errors import (
+    BadSignatureError,
+    ExpiredTokenError,
+    InvalidClaimError,
+    InvalidKeyCurveError,
+    InvalidKeyIdError,
+    InvalidKeyTypeError,
+    JoseError,
+    MissingClaimError,
+    UnsupportedAlgorithmError,
+    UnsupportedKeyAlgorithmError,
+    UnsupportedKeyUseError,
+)
+from joserfc.jwk import ECKey, KeySet, KeySetSerialization
+from joserfc.jws import JWSRegistry
+from joserfc.jwt import JWTClaimsRegistry
+
+from app.settings import Settings, SettingsError
+
+# \Z rather than $: `$` also matches before a trailing newline. [0-9] rather than \d: \d also
+# matches non-ASCII digits.
+ACCOUNT_ID_PATTERN = re.compile(r"^[PT][0-9]{8}\Z")
+MAX_SUBJECT_LENGTH = 40
+
+# The API's resource name in scopes ("write:shopping:/orders/ANY/events"), and the path
+# segment that stands for any one value.
+SCOPE_RESOURCE = "shopping"
+ANY_SEGMENT = "ANY"
+
+# ES256 for the development issuer: a P-256 key is generated in about a millisecond (RSA takes
+# tens to hundreds of milliseconds), its signatures are 64 bytes instead of 256, and ES256 is
+# in the default algorithm list.
+LOCAL_ALGORITHM = "ES256"
+
+# Keys load inside a request (the first one, or one naming an unknown key): keep its wait short.
+JWKS_TIMEOUT_SECONDS = 5.0
+
+logger = logging.getLogger(__name__)
+
+
+class TokenError(Exception):
+    """The token is missing, malformed, badly signed, expired, not yet valid, from another
+    issuer, for another audience... str(exc) is a short client-safe reason."""
+
+
+class KeySourceError(Exception):
+    """The issuer's public keys could not be loaded (the JWKS is unreachable or unreadable)."""
+
+
+class _UnknownKeyError(TokenError):
+    def __init__(self) -> None:
+        super().__init__("token key is not known")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller a valid token speaks for."""
+
+    subject: str
+    account_id: str
+    scopes: frozenset[str]
+    expires_at: float
+
+    def can_write_order(self, order_id: str) -> bool:
+        return bool(order_id) and self._allows("write", ("orders", order_id, "events"))
+
+    def can_read_order(self, order_id: str) -> bool:
+        return bool(order_id) and self._allows("read", ("orders", order_id, "events"))
+
+    def can_read_account(self) -> bool:
+        # None marks a segment that must hold for every order, so only ANY covers it.
+        return self._allows("read", ("orders", None, "events"))
+
+    def _allows(self, action: str, path: tuple[str | None, ...]) -> bool:
+        for scope in self.scopes:
+            parsed = _parse_scope(scope)
+            if parsed is None:
+                continue
+            granted, pattern = parsed
+            if granted not in (action, "admin"):
+                continue
+            if pattern is None or _covers(pattern, path):
+                return True
+        return False
+
+
+def _parse_scope(scope: str) -> tuple[str, tuple[str, ...] | None] | None:
+    """Split `write:shopping:/orders/ANY/events` into ("write", ("orders", "ANY", "events")).
+
+    A scope without a path covers the whole API (pattern None); a scope of another API, or one
+    this code cannot read, gives None and grants nothing.
+    """
+    action, _, rest = scope.partition(":")
+    resource, has_path, path = rest.partition(":")
+    if resource != SCOPE_RESOURCE or not action:
+        return None
+    if not has_path:
+        return action, None
+    if not path.startswith("/"):
+        return None
+    return action, tuple(path[1:].split("/"))
+
+
+def _covers(pattern: tuple[str, ...], path: tuple[str | None, ...]) -> bool:
+    return len(pattern) == len(path) and all(
+        granted in (ANY_SEGMENT, wanted) for granted, wanted in zip(pattern, path, strict=True)
+    )
+
+
+class KeySource(Protocol):
+    """Gives the issuer's public keys as a JWKS dict."""
+
+    async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]: ...
+
+
+class TokenValidator:
+    def __init__(self, settings: Settings, keys: KeySource) -> None:
+        self._settings = settings
+        self._keys = keys
+        # An explicit list: the token's own `alg` header is never trusted on its own, which is
+        # what stops `alg: none` and HS256-signed-with-the-public-key tokens.
+        self._registry = JWSRegistry(algorithms=list(settings.token_algorithms))
+        self._claims = JWTClaimsRegistry(
+            leeway=settings.token_leeway_seconds,
+            iss={"essential": True, "value": settings.issuer},
+            sub={"essential": True},
+            aud={"essential": True},
+            exp={"essential": True},
+        )
+        self._jwks: dict[str, Any] | None = None
+        self._key_set: KeySet | None = None
+
+    async def validate(self, token: str) -> Principal:
+        try:
+            decoded = self._decode(token, await self._current_keys(refresh=False))
+        except _UnknownKeyError:
+            # The issuer may have rotated its keys since they were loaded; the key source
+            # decides how often it really goes back to the issuer.
+            decoded = self._decode(token, await self._current_keys(refresh=True))
+        claims = decoded.claims
+        self._check_claims(claims)
+        subject = claims["sub"]
+        if len(subject) > MAX_SUBJECT_LENGTH:
+            raise TokenError(f"token subject is longer than {MAX_SUBJECT_LENGTH} characters")
+        return Principal(
+            subject=subject,
+            account_id=self._account_id(claims["aud"]),
+            scopes=_scopes(claims.get("scope")),
+            expires_at=float(claims["exp"]),
+        )
+
+    async def _current_keys(self, *, refresh: bool) -> KeySet:
+        jwks = await self._keys.get_jwks(refresh=refresh)
+        # Importing keys costs more than comparing a small dict; sources hand back the same
+        # JWKS until it changes.
+        if self._key_set is None or (jwks is not self._jwks and jwks != self._jwks):
+            self._key_set = _import_key_set(jwks)
+            self._jwks = jwks
+        return self._key_set
+
+    def _decode(self, token: str, keys: KeySet) -> jwt.Token:
+        try:
+            return jwt.decode(token, keys, registry=self._registry)
+        except InvalidKeyIdError:
+            raise _UnknownKeyError() from None
+        except UnsupportedAlgorithmError:
+            raise TokenError("token algorithm is not accepted") from None
+        except (
+            BadSignatureError,
+            InvalidKeyTypeError,
+            InvalidKeyCurveError,
+            UnsupportedKeyUseError,
+            UnsupportedKeyAlgorithmError,
+        ):
+            raise TokenError("token signature is invalid") from None
+        except (JoseError, ValueError):
+            raise TokenError("token is malformed") from None
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        try:
+            self._claims.validate(claims)
+        except ExpiredTokenError:
+            raise TokenError("token expired") from None
+        except MissingClaimError as exc:
+            raise TokenError(f"token lacks the {exc.claim} claim") from None
+        except InvalidClaimError as exc:
+            reason = {
+                "iss": "token issuer is not accepted",
+                "nbf": "token is not yet valid",
+                "iat": "token was issued in the future",
+            }.get(exc.claim, f"token {exc.claim} claim is invalid")
+            raise TokenError(reason) from None
+
+    def _account_id(self, audience: str | list[str]) -> str:
+        prefix = f"{self._settings.audience_base}/"
+        values = {audience} if isinstance(audience, str) else set(audience)
+        # Other audiences (another API of the issuer) are fine; two accounts of this one are not.
+        ours = [value.removeprefix(prefix) for value in values if value.startswith(prefix)]
+        if len(ours) != 1 or not ACCOUNT_ID_PATTERN.match(ours[0]):
+            raise TokenError("token audience does not name an account of this API")
+        return ours[0]
+
+
+def _scopes(claim: object) -> frozenset[str]:
+    if claim is None:
+        return frozenset()
+    if isinstance(claim, str):
+        return frozenset(claim.split())
+    if isinstance(claim, list) and all(isinstance(scope, str) for scope in claim):
+        return frozenset(claim)
+    raise TokenError("token scope claim is invalid")
+
+
+def _import_key_set(jwks: dict[str, Any]) -> KeySet:
+    try:
+        return KeySet.import_key_set(cast(KeySetSerialization, jwks))
+    except (JoseError, KeyError, TypeError, ValueError) as exc:
+        raise KeySourceError(f"the issuer's JWKS is not usable: {exc}") from exc
+
+
+class LocalIssuer:
+    """Development issuer: signs tokens with a key pair kept at settings.signing_key_path."""
+
+    def __init__(self, settings: Settings, key: ECKey) -> None:
+        self._settings = settings
+        self._key = key
+        self._jwks: dict[str, Any] = {"keys": [key.as_dict(private=False)]}
+
+    @classmethod
+    def load_or_create(cls, settings: Settings) -> LocalIssuer:
+        if LOCAL_ALGORITHM not in settings.token_algorithms:
+            raise SettingsError(
+                f"TOKEN_ALGORITHMS must include {LOCAL_ALGORITHM} while the server issues "
+                "its own tokens"
+            )
+        path = settings.signing_key_path
+        if not path.exists():
+            _create_signing_key(path)
+        return cls(settings, _read_signing_key(path))
+
+    def jwks(self) -> dict[str, Any]:
+        return copy.deepcopy(self._jwks)
+
+    async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        return self._jwks
+
+    def mint(
+        self,
+        *,
+        account_id: str,
+        scope: str,
+        subject: str = "dev-client",
+        ttl_seconds: int = 3600,
+    ) -> str:
+        if not ACCOUNT_ID_PATTERN.match(account_id):
+            raise ValueError(
+                f"account id must look like T12345678 or P12345678, not {account_id!r}"
+            )
+        if not 1 <= len(subject) <= MAX_SUBJECT_LENGTH:
+            raise ValueError(f"subject must be 1 to {MAX_SUBJECT_LENGTH} characters")
+        if ttl_seconds <= 0:
+            raise ValueError("ttl must be a positive number of seconds")
+        now = int(time.time())
+        claims = {
+            "iss": self._settings.issuer,
+            "sub": subject,
+            "aud": f"{self._settings.audience_base}/{account_id}",
+            "scope": scope,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_seconds,
+            "jti": str(uuid.uuid4()),
+            "client_id": subject,
+        }
+        header = {"alg": LOCAL_ALGORITHM, "kid": self._key.kid, "typ": "at+jwt"}
+        return jwt.encode(header, claims, self._key, algorithms=[LOCAL_ALGORITHM])
+
+
+def _create_signing_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = ECKey.generate_key(
+        "P-256", parameters={"alg": LOCAL_ALGORITHM, "use": "sig"}, auto_kid=True
+    )
+    # mkstemp creates the file with mode 0600, and link() refuses to replace a key another
+    # process created meanwhile: every server process and scripts/token end up with one key,
+    # and nobody reads a half-written file.
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".signing-key-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(key.as_dict(private=True), file)
+        with contextlib.suppress(FileExistsError):
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+
+
+def _read_signing_key(path: Path) -> ECKey:
+    try:
+        key = ECKey.import_key(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, JoseError) as exc:
+        raise SettingsError(f"{path} is not a usable signing key ({exc})") from exc
+    if not key.is_private or key.curve_name != "P-256":
+        raise SettingsError(f"{path} must hold a private P-256 key")
+    return key
+
+
+class RemoteKeys:
+    """An external issuer's JWKS, from settings.jwks_url or settings.jwks_file.
+
+    Loaded once, then again when the cache ages out or a token names an unknown key, but never
+    more often than jwks_min_refresh_seconds: a stream of tokens with made-up key ids must not
+    turn into a stream of requests to the issuer. A failed load keeps the keys already known.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if settings.local_issuer:
+            raise SettingsError("RemoteKeys needs JWKS_URL or JWKS_FILE")
+        self._settings = settings
+        self._transport = transport
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._jwks: dict[str, Any] | None = None
+        self._loaded_at = -math.inf
+        self._attempted_at = -math.inf
+
+    async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        if self._due(refresh):
+            async with self._lock:
+                # Tasks that queued here behind a load find it done and do not repeat it.
+                if self._due(refresh):
+                    await self._load()
+        if self._jwks is None:
+            raise KeySourceError("the issuer's keys are not available")
+        return self._jwks
+
+    def _due(self, refresh: bool) -> bool:
+        now = self._clock()
+        if now - self._attempted_at < self._settings.jwks_min_refresh_seconds:
+            return False
+        aged_out = now - self._loaded_at >= self._settings.jwks_cache_seconds
+        return refresh or self._jwks is None or aged_out
+
+    async def _load(self) -> None:
+        self._attempted_at = self._clock()
+        source = self._settings.jwks_url or str(self._settings.jwks_file)
+        try:
+            jwks = await self._fetch() if self._settings.jwks_url else await self._read()
+            if not isinstance(jwks, dict):
+                raise ValueError("not a JSON object")
+            _import_key_set(jwks)
+        except (httpx.HTTPError, OSError, ValueError, KeySourceError) as exc:
+            logger.warning("could not load the issuer's keys from %s: %s", source, exc)
+            return
+        self._jwks = jwks
+        self._loaded_at = self._attempted_at
+
+    async def _fetch(self) -> object:
+        assert self._settings.jwks_url is not None
+        async with httpx.AsyncClient(
+            timeout=JWKS_TIMEOUT_SECONDS, transport=self._transport
+        ) as client:
+            response = await client.get(
+                self._settings.jwks_url, headers={"Accept": "application/json"}
+            )
+            response.raise_for_status()
+            return response.json()
+
+    async def _read(self) -> object:
+        assert self._settings.jwks_file is not None
+        return json.loads(await asyncio.to_thread(self._settings.jwks_file.read_text, "utf-8"))
+
+
+def key_source(settings: Settings) -> KeySource:
+    if settings.local_issuer:
+        return LocalIssuer.load_or_create(settings)
+    return RemoteKeys(settings)

@@ -1,0 +1,290 @@
+"""The order-event service: append an event to an order's stream, read a stream back.
+
+Rules live here, not in the GraphQL layer: input validation, authorization against the
+caller's scopes, gap-free versions, cursors and the combined state of an order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.connection import get_connection
+from tortoise.transactions import in_transaction
+
+from app import validation
+from app.auth import Principal
+from app.errors import BadUserInput, FieldError, Forbidden
+from app.models import EventState, OrderEvent
+
+SERVICE_EVENT = "service-event"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    service: str
+    service_status: str
+    state: EventState = EventState.SUCCESS
+    description: str | None = None
+    metadata: Any = None
+
+
+@dataclass(frozen=True)
+class Link:
+    href: str
+    rel: str
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    id: str
+    seq: int
+    account_id: str
+    order_id: str
+    version: int
+    event_type: str
+    state: EventState
+    service: str
+    service_status: str
+    description: str | None
+    metadata: dict[str, Any] | None
+    created_at: datetime
+    created_by: str
+
+    @property
+    def cursor(self) -> str:
+        return encode_cursor(self.seq, self.version)
+
+    @classmethod
+    def from_row(cls, row: OrderEvent) -> StoredEvent:
+        return cls(
+            id=row.event_id,
+            seq=row.seq,
+            account_id=row.account_id,
+            order_id=row.order_id,
+            version=row.version,
+            event_type=row.event_type,
+            state=EventState(row.state),
+            service=row.service,
+            service_status=row.service_status,
+            description=row.description,
+            metadata=None if row.metadata is None else json.loads(row.metadata),
+            created_at=row.created_at,
+            created_by=row.created_by,
+        )
+
+
+@dataclass(frozen=True)
+class EventPage:
+    events: list[StoredEvent]
+    state: EventState
+    has_next_page: bool
+    end_cursor: str | None
+
+
+# Cursors -----------------------------------------------------------------------------------
+# A cursor names one event by its global position and its version in its order, so the same
+# cursor resumes an order's stream (by version) and an account's stream (by position).
+
+_CURSOR_PREFIX = "1:"
+
+
+def encode_cursor(seq: int, version: int) -> str:
+    raw = f"{_CURSOR_PREFIX}{seq}:{version}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, field: str = "after") -> tuple[int, int]:
+    """Returns (seq, version); a cursor that was not made here is bad input."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+        if not text.startswith(_CURSOR_PREFIX):
+            raise ValueError(text)
+        seq_text, version_text = text[len(_CURSOR_PREFIX) :].split(":")
+        seq, version = int(seq_text), int(version_text)
+        if seq < 1 or version < 1:
+            raise ValueError(text)
+    except (ValueError, UnicodeError, binascii.Error):
+        raise BadUserInput([FieldError(field, "is not a cursor returned by this API")]) from None
+    return seq, version
+
+
+# Authorization -----------------------------------------------------------------------------
+
+
+def _authorize(principal: Principal, account_id: str, allowed: bool, action: str) -> None:
+    if principal.account_id != account_id:
+        raise Forbidden(f"this token is for account {principal.account_id}, not {account_id}")
+    if not allowed:
+        raise Forbidden(f"this token's scopes do not allow {action}")
+
+
+# Writing -----------------------------------------------------------------------------------
+
+
+def _validate_new_event(account_id: str, order_id: str, event: NewEvent) -> str | None:
+    """Checks every rule of the contract; returns the metadata's JSON text."""
+    errors: list[FieldError] = []
+    validation.check_account_id(account_id, "accountId", errors)
+    validation.check_order_id(order_id, "orderId", errors)
+    validation.check_name(event.service, "event.service", errors)
+    validation.check_name(event.service_status, "event.serviceStatus", errors)
+    if event.description is not None:
+        validation.check_description(event.description, "event.description", errors)
+    metadata_text = None
+    if event.metadata is not None:
+        metadata_text = validation.check_metadata(event.metadata, "event.metadata", errors)
+    if errors:
+        raise BadUserInput(errors)
+    return metadata_text
+
+
+async def create_event(
+    principal: Principal, account_id: str, order_id: str, event: NewEvent
+) -> StoredEvent:
+    """Appends ``event`` to the order's stream and returns it as stored (after commit)."""
+    metadata_text = _validate_new_event(account_id, order_id, event)
+    _authorize(
+        principal,
+        account_id,
+        principal.can_write_order(order_id),
+        f"writing events of order {order_id!r}",
+    )
+    async with in_transaction() as connection:
+        version = await _next_version(connection, account_id, order_id)
+        row = await OrderEvent.create(
+            using_db=connection,
+            event_id=str(uuid.uuid4()),
+            account_id=account_id,
+            order_id=order_id,
+            version=version,
+            event_type=SERVICE_EVENT,
+            state=event.state,
+            service=event.service,
+            service_status=event.service_status,
+            description=event.description,
+            metadata=metadata_text,
+            created_at=datetime.now(UTC),
+            created_by=principal.subject,
+        )
+    return StoredEvent.from_row(row)
+
+
+async def _next_version(connection: BaseDBAsyncClient, account_id: str, order_id: str) -> int:
+    # The upsert locks the order's head row until commit (PostgreSQL) or runs inside SQLite's
+    # single writer, so concurrent appends to one order take consecutive versions.
+    sql = _placeholders(
+        connection,
+        "INSERT INTO order_streams (account_id, order_id, version) VALUES (?, ?, 1) "
+        "ON CONFLICT (account_id, order_id) "
+        "DO UPDATE SET version = order_streams.version + 1 RETURNING version",
+    )
+    rows = await connection.execute_query_dict(sql, [account_id, order_id])
+    return int(rows[0]["version"])
+
+
+# Reading -----------------------------------------------------------------------------------
+
+
+async def list_events(
+    principal: Principal,
+    account_id: str,
+    order_id: str,
+    *,
+    first: int,
+    after: str | None,
+    max_page_size: int,
+) -> EventPage:
+    """One page of an order's events in version order, with the order's combined state."""
+    errors: list[FieldError] = []
+    validation.check_account_id(account_id, "accountId", errors)
+    validation.check_order_id(order_id, "orderId", errors)
+    if not 0 <= first <= max_page_size:
+        errors.append(FieldError("first", f"must be between 0 and {max_page_size}"))
+    after_version = 0
+    if after is not None:
+        try:
+            _, after_version = decode_cursor(after)
+        except BadUserInput as error:
+            errors.extend(error.errors)
+    if errors:
+        raise BadUserInput(errors)
+    _authorize(
+        principal,
+        account_id,
+        principal.can_read_order(order_id),
+        f"reading events of order {order_id!r}",
+    )
+
+    rows = (
+        await OrderEvent.filter(account_id=account_id, order_id=order_id, version__gt=after_version)
+        .order_by("version")
+        .limit(first + 1)
+    )
+    events = [StoredEvent.from_row(row) for row in rows[:first]]
+    state = await combined_state(account_id, order_id)
+    return EventPage(
+        events=events,
+        state=state,
+        has_next_page=len(rows) > first,
+        end_cursor=events[-1].cursor if events else after,
+    )
+
+
+async def combined_state(account_id: str, order_id: str) -> EventState:
+    """``failure`` if any event failed; ``pending`` if there are none or any service's latest
+    event is pending; otherwise ``success``."""
+    connection = get_connection("default")
+    sql = _placeholders(
+        connection,
+        "SELECT "
+        " EXISTS (SELECT 1 FROM order_events"
+        "  WHERE account_id = ? AND order_id = ? AND state IN ('error', 'failure')) AS failed,"
+        " EXISTS (SELECT 1 FROM order_events e"
+        "  WHERE e.account_id = ? AND e.order_id = ? AND e.state = 'pending'"
+        "  AND NOT EXISTS (SELECT 1 FROM order_events later"
+        "   WHERE later.account_id = e.account_id AND later.order_id = e.order_id"
+        "   AND later.service = e.service AND later.version > e.version)) AS pending,"
+        " EXISTS (SELECT 1 FROM order_events"
+        "  WHERE account_id = ? AND order_id = ?) AS any_event",
+    )
+    rows = await connection.execute_query_dict(sql, [account_id, order_id] * 3)
+    return state_from_flags(
+        failed=bool(rows[0]["failed"]),
+        pending=bool(rows[0]["pending"]),
+        empty=not rows[0]["any_event"],
+    )
+
+
+def state_from_flags(*, failed: bool, pending: bool, empty: bool) -> EventState:
+    if failed:
+        return EventState.FAILURE
+    if empty or pending:
+        return EventState.PENDING
+    return EventState.SUCCESS
+
+
+def links(event: StoredEvent, public_url: str) -> list[Link]:
+    """Where the event's order stream lives in Dintero's REST shape."""
+    order_path = quote(event.order_id, safe="")
+    href = (
+        f"{public_url.rstrip('/')}/v1/accounts/{event.account_id}"
+        f"/shopping/orders/{order_path}/events"
+    )
+    return [Link(href=href, rel="events")]
+
+
+def _placeholders(connection: BaseDBAsyncClient, sql: str) -> str:
+    """Rewrites ``?`` placeholders to ``$1, $2, ...`` for PostgreSQL."""
+    if connection.capabilities.dialect != "postgres":
+        return sql
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))

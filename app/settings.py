@@ -1,0 +1,119 @@
+"""One frozen settings object, read from the environment once at start-up.
+
+Every setting has a default that gives a working development server: SQLite under ./data/,
+and the server acting as its own token issuer with a key pair it creates under ./data/.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value the service cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Storage.
+    database_url: str = "sqlite://data/order-events.sqlite3"
+    data_dir: Path = Path("data")
+
+    # Tokens. Without JWKS_URL or JWKS_FILE the server is its own development issuer.
+    public_url: str = "http://127.0.0.1:8000"
+    issuer: str = ""
+    audience_base: str = ""
+    jwks_url: str | None = None
+    jwks_file: Path | None = None
+    jwks_cache_seconds: int = 3600
+    jwks_min_refresh_seconds: int = 30
+    token_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    token_leeway_seconds: int = 30
+
+    # API.
+    max_page_size: int = 200
+    graphiql: bool = True
+    graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
+
+    def __post_init__(self) -> None:
+        base = self.public_url.rstrip("/")
+        if not self.issuer:
+            object.__setattr__(self, "issuer", base)
+        if not self.audience_base:
+            object.__setattr__(self, "audience_base", f"{base}/v1/accounts")
+        object.__setattr__(self, "audience_base", self.audience_base.rstrip("/"))
+        if self.jwks_url and self.jwks_file:
+            raise SettingsError("set JWKS_URL or JWKS_FILE, not both")
+        if self.max_page_size < 1:
+            raise SettingsError("MAX_PAGE_SIZE must be at least 1")
+        if not self.token_algorithms:
+            raise SettingsError("TOKEN_ALGORITHMS must name at least one algorithm")
+        weak = [a for a in self.token_algorithms if a == "none" or a.startswith("HS")]
+        if weak:
+            raise SettingsError(
+                f"TOKEN_ALGORITHMS may only name asymmetric algorithms, not {', '.join(weak)}"
+            )
+
+    @property
+    def local_issuer(self) -> bool:
+        """True when this server signs its own development tokens."""
+        return self.jwks_url is None and self.jwks_file is None
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "signing-key.json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(name, "").strip() or default
+
+        def integer(name: str, default: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                return int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name, "").strip().lower()
+            if not raw:
+                return default
+            if raw in {"1", "true", "yes", "on"}:
+                return True
+            if raw in {"0", "false", "no", "off"}:
+                return False
+            raise SettingsError(f"{name} must be true or false, not {raw!r}")
+
+        jwks_file = env.get("JWKS_FILE", "").strip()
+        algorithms = env.get("TOKEN_ALGORITHMS", "").replace(",", " ").split()
+        return cls(
+            database_url=text("DATABASE_URL", defaults.database_url),
+            data_dir=Path(text("DATA_DIR", str(defaults.data_dir))),
+            public_url=text("PUBLIC_URL", defaults.public_url),
+            issuer=text("TOKEN_ISSUER", ""),
+            audience_base=text("TOKEN_AUDIENCE_BASE", ""),
+            jwks_url=env.get("JWKS_URL", "").strip() or None,
+            jwks_file=Path(jwks_file) if jwks_file else None,
+            jwks_cache_seconds=integer("JWKS_CACHE_SECONDS", defaults.jwks_cache_seconds),
+            jwks_min_refresh_seconds=integer(
+                "JWKS_MIN_REFRESH_SECONDS", defaults.jwks_min_refresh_seconds
+            ),
+            token_algorithms=tuple(algorithms) or defaults.token_algorithms,
+            token_leeway_seconds=integer("TOKEN_LEEWAY_SECONDS", defaults.token_leeway_seconds),
+            max_page_size=integer("MAX_PAGE_SIZE", defaults.max_page_size),
+            graphiql=flag("GRAPHIQL", defaults.graphiql),
+            graphiql_assets_dir=Path(
+                text("GRAPHIQL_ASSETS_DIR", str(defaults.graphiql_assets_dir))
+            ),
+        )

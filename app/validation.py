@@ -1,0 +1,126 @@
+"""The contract's input rules, each checked in one place, every violation collected.
+
+Checkers append a ``FieldError`` per broken rule instead of raising at the first, so a client
+learns about all of its mistakes in one response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import unicodedata
+from typing import Any
+
+from app.errors import FieldError
+
+ACCOUNT_ID = re.compile(r"^[PT]\d{8}$")
+ORDER_ID_MAX = 128
+NAME_MAX = 255
+DESCRIPTION_MAX = 1000
+METADATA_MAX_BYTES = 64 * 1024
+METADATA_MAX_DEPTH = 32
+
+# Line breaks and tabs are ordinary in a description; every other control character is refused.
+_TEXT_CONTROLS_ALLOWED = {"\n", "\r", "\t"}
+
+
+def check_account_id(value: str, field: str, errors: list[FieldError]) -> None:
+    if not ACCOUNT_ID.fullmatch(value):
+        errors.append(
+            FieldError(field, "must be P or T followed by 8 digits, for example T12345678")
+        )
+
+
+def check_order_id(value: str, field: str, errors: list[FieldError]) -> None:
+    if not 1 <= len(value) <= ORDER_ID_MAX:
+        errors.append(FieldError(field, f"must be 1 to {ORDER_ID_MAX} characters long"))
+    elif "/" in value:
+        errors.append(FieldError(field, "must not contain '/'"))
+    elif not _encodable(value) or not value.isprintable():
+        errors.append(FieldError(field, "must contain printable characters only"))
+
+
+def check_name(value: str, field: str, errors: list[FieldError]) -> None:
+    """A service name or status: 1-255 characters, no control characters."""
+    if not 1 <= len(value) <= NAME_MAX:
+        errors.append(FieldError(field, f"must be 1 to {NAME_MAX} characters long"))
+    elif not value.strip():
+        errors.append(FieldError(field, "must not be blank"))
+    elif problem := _text_problem(value, allowed_controls=set()):
+        errors.append(FieldError(field, problem))
+
+
+def check_description(value: str, field: str, errors: list[FieldError]) -> None:
+    if len(value) > DESCRIPTION_MAX:
+        errors.append(FieldError(field, f"must be at most {DESCRIPTION_MAX} characters long"))
+    elif problem := _text_problem(value, allowed_controls=_TEXT_CONTROLS_ALLOWED):
+        errors.append(FieldError(field, problem))
+
+
+def check_metadata(value: Any, field: str, errors: list[FieldError]) -> str | None:
+    """Validates a metadata object and returns its JSON text, or None when it is refused."""
+    if not isinstance(value, dict):
+        errors.append(FieldError(field, "must be a JSON object"))
+        return None
+    problem = _json_problem(value, depth=1)
+    if problem:
+        errors.append(FieldError(field, problem))
+        return None
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    if len(text.encode()) > METADATA_MAX_BYTES:
+        errors.append(
+            FieldError(field, f"must be at most {METADATA_MAX_BYTES} bytes as compact JSON")
+        )
+        return None
+    return text
+
+
+def _json_problem(value: Any, depth: int) -> str | None:
+    if depth > METADATA_MAX_DEPTH:
+        return f"must be at most {METADATA_MAX_DEPTH} levels deep"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or not _encodable(key):
+                return "keys must be valid Unicode strings"
+            if problem := _json_problem(item, depth + 1):
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            if problem := _json_problem(item, depth + 1):
+                return problem
+    elif isinstance(value, str):
+        if not _encodable(value):
+            return "strings must be valid Unicode (no lone surrogates)"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return "numbers must be finite (no NaN or Infinity, nothing beyond a double)"
+    elif value is not None and not isinstance(value, (bool, int)):
+        return "must contain JSON values only"
+    return None
+
+
+def _text_problem(value: str, allowed_controls: set[str]) -> str | None:
+    if not _encodable(value):
+        return "must be valid Unicode (no lone surrogates)"
+    for char in value:
+        if char in allowed_controls:
+            continue
+        category = unicodedata.category(char)
+        if category == "Cc":
+            return "must not contain control characters"
+        if category == "Cf" and char in _BIDI_CONTROLS:
+            return "must not contain bidirectional control characters"
+    return None
+
+
+# Characters that reorder the text around them when displayed (the "Trojan Source" family).
+_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,0 +1,185 @@
+"""Fixtures: the app on a database, a clean database per test, tokens and a GraphQL client.
+
+TEST_DATABASE picks the database of a run: ``sqlite`` (the default) or ``postgres``;
+``scripts/test`` runs the suite once with each. (One process per database: Tortoise binds its
+models to the first database it meets.) PostgreSQL tests skip with the reason when the server
+is unreachable, unless REQUIRE_POSTGRES=1 (CI) makes that a failure. Each run works in a
+database of its own, created and dropped here.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+from starlette.applications import Starlette
+from tortoise.connection import get_connection
+
+from app.auth import LocalIssuer
+from app.db import apply_migrations
+from app.main import create_app
+from app.settings import Settings
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+ACCOUNT = "T12345678"
+ALL_SCOPES = "write:shopping read:shopping"
+# Marks "the client's own token" apart from None ("no Authorization header").
+DEFAULT = "<the client's token>"
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _asyncpg_url(url: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(scheme="postgresql"))
+
+
+async def _postgres_unreachable_reason() -> str | None:
+    try:
+        connection = await asyncpg.connect(_asyncpg_url(POSTGRES_URL), timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        return (
+            f"PostgreSQL at {POSTGRES_URL} is not reachable ({error.__class__.__name__}: {error})"
+        )
+    await connection.close()
+    return None
+
+
+TEST_DATABASE = os.environ.get("TEST_DATABASE", "sqlite")
+if TEST_DATABASE not in {"sqlite", "postgres"}:
+    raise pytest.UsageError(f"TEST_DATABASE must be sqlite or postgres, not {TEST_DATABASE!r}")
+
+
+@pytest.fixture(scope="session", params=[TEST_DATABASE])
+async def database_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path_factory.mktemp('sqlite')}/events.sqlite3"
+        return
+    reason = await _postgres_unreachable_reason()
+    if reason:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{reason}; REQUIRE_POSTGRES=1 makes this a failure")
+        pytest.skip(reason)
+    name = f"order_events_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(_asyncpg_url(POSTGRES_URL))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(POSTGRES_URL, name)
+    admin = await asyncpg.connect(_asyncpg_url(POSTGRES_URL))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, data_dir: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=data_dir, graphiql=False)
+
+
+@pytest.fixture(scope="session")
+def issuer(settings: Settings) -> LocalIssuer:
+    return LocalIssuer.load_or_create(settings)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[Starlette]:
+    await apply_migrations(settings.database_url)
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def _empty_tables() -> None:
+    connection = get_connection("default")
+    if connection.capabilities.dialect == "postgres":
+        await connection.execute_script("TRUNCATE order_events, order_streams RESTART IDENTITY")
+    else:
+        await connection.execute_script(
+            "DELETE FROM order_events; DELETE FROM order_streams;"
+            "DELETE FROM sqlite_sequence WHERE name IN ('order_events', 'order_streams');"
+        )
+
+
+@dataclass
+class GraphQLClient:
+    """Posts GraphQL operations to the app the way a client would."""
+
+    http: httpx.AsyncClient
+    default_token: str | None
+
+    async def post(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        *,
+        token: str | None = DEFAULT,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        all_headers = dict(headers or {})
+        chosen = self.default_token if token is DEFAULT else token
+        if chosen is not None:
+            all_headers["authorization"] = f"Bearer {chosen}"
+        body: dict[str, Any] = {"query": query}
+        if variables is not None:
+            body["variables"] = variables
+        return await self.http.post("/graphql", json=body, headers=all_headers)
+
+    async def execute(
+        self, query: str, variables: dict[str, Any] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        response = await self.post(query, variables, **kwargs)
+        body: dict[str, Any] = response.json()
+        return body
+
+
+Mint = Callable[..., str]
+
+
+@pytest.fixture
+def mint(issuer: LocalIssuer) -> Mint:
+    def make(
+        scope: str = ALL_SCOPES,
+        *,
+        account: str = ACCOUNT,
+        sub: str = "kitchen-1",
+        ttl: int = 3600,
+    ) -> str:
+        return issuer.mint(account_id=account, scope=scope, subject=sub, ttl_seconds=ttl)
+
+    return make
+
+
+@pytest.fixture
+async def client(app: Starlette, mint: Mint) -> AsyncIterator[GraphQLClient]:
+    await _empty_tables()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        yield GraphQLClient(http=http, default_token=mint())
+
+
+@pytest.fixture
+def other_settings(settings: Settings) -> Callable[..., Settings]:
+    def make(**changes: Any) -> Settings:
+        return replace(settings, **changes)
+
+    return make
