@@ -19,10 +19,11 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
 from tortoise.transactions import in_transaction
 
-from app import validation
+from app import idempotency, validation
 from app.auth import Principal
-from app.errors import BadUserInput, FieldError, Forbidden
+from app.errors import BadUserInput, Conflict, FieldError, Forbidden
 from app.models import EventState, OrderEvent
+from app.sql import placeholders
 
 SERVICE_EVENT = "service-event"
 
@@ -130,7 +131,13 @@ def _authorize(principal: Principal, account_id: str, allowed: bool, action: str
 # Writing -----------------------------------------------------------------------------------
 
 
-def _validate_new_event(account_id: str, order_id: str, event: NewEvent) -> str | None:
+def _validate_new_event(
+    account_id: str,
+    order_id: str,
+    event: NewEvent,
+    idempotency_key: str | None,
+    expected_version: int | None,
+) -> str | None:
     """Checks every rule of the contract; returns the metadata's JSON text."""
     errors: list[FieldError] = []
     validation.check_account_id(account_id, "accountId", errors)
@@ -142,46 +149,148 @@ def _validate_new_event(account_id: str, order_id: str, event: NewEvent) -> str 
     metadata_text = None
     if event.metadata is not None:
         metadata_text = validation.check_metadata(event.metadata, "event.metadata", errors)
+    if idempotency_key is not None:
+        validation.check_idempotency_key(idempotency_key, "idempotencyKey", errors)
+    if expected_version is not None and expected_version < 0:
+        errors.append(FieldError("expectedVersion", "must be 0 or more"))
     if errors:
         raise BadUserInput(errors)
     return metadata_text
 
 
+class _KeyTaken(Exception):
+    """Another request holds the idempotency key: replay what it stored."""
+
+
 async def create_event(
-    principal: Principal, account_id: str, order_id: str, event: NewEvent
+    principal: Principal,
+    account_id: str,
+    order_id: str,
+    event: NewEvent,
+    *,
+    idempotency_key: str | None = None,
+    expected_version: int | None = None,
+    key_ttl_seconds: int = 86400,
 ) -> StoredEvent:
-    """Appends ``event`` to the order's stream and returns it as stored (after commit)."""
-    metadata_text = _validate_new_event(account_id, order_id, event)
+    """Appends ``event`` to the order's stream and returns it as stored (after commit).
+
+    With ``idempotency_key``, a repeat of an earlier request returns the event that request
+    stored, and a different request with the key is a conflict. With ``expected_version``, the
+    event is stored only while the order's current version (0 before its first event) is that.
+    """
+    metadata_text = _validate_new_event(
+        account_id, order_id, event, idempotency_key, expected_version
+    )
     _authorize(
         principal,
         account_id,
         principal.can_write_order(order_id),
         f"writing events of order {order_id!r}",
     )
-    async with in_transaction() as connection:
-        version = await _next_version(connection, account_id, order_id)
-        row = await OrderEvent.create(
-            using_db=connection,
-            event_id=str(uuid.uuid4()),
+    key = None
+    if idempotency_key is not None:
+        key = _Key(
             account_id=account_id,
-            order_id=order_id,
-            version=version,
-            event_type=SERVICE_EVENT,
-            state=event.state,
-            service=event.service,
-            service_status=event.service_status,
-            description=event.description,
-            metadata=metadata_text,
-            created_at=datetime.now(UTC),
-            created_by=principal.subject,
+            subject=principal.subject,
+            key=idempotency_key,
+            ttl_seconds=key_ttl_seconds,
+            request_hash=idempotency.fingerprint(
+                order_id=order_id,
+                state=event.state.value,
+                service=event.service,
+                service_status=event.service_status,
+                description=event.description,
+                metadata=metadata_text,
+                expected_version=expected_version,
+            ),
         )
+        if replayed := await _replay(key):
+            return replayed
+    row = OrderEvent(
+        event_id=str(uuid.uuid4()),
+        account_id=account_id,
+        order_id=order_id,
+        event_type=SERVICE_EVENT,
+        state=event.state,
+        service=event.service,
+        service_status=event.service_status,
+        description=event.description,
+        metadata=metadata_text,
+        created_by=principal.subject,
+    )
+    try:
+        await _append(row, key, expected_version)
+    except _KeyTaken:
+        assert key is not None
+        if replayed := await _replay(key):
+            return replayed
+        # The claim that beat this request expired in the meantime: nothing to replay.
+        await _append(row, key, expected_version)
+    return StoredEvent.from_row(row)
+
+
+@dataclass(frozen=True)
+class _Key:
+    account_id: str
+    subject: str
+    key: str
+    request_hash: str
+    ttl_seconds: int
+
+
+async def _append(row: OrderEvent, key: _Key | None, expected_version: int | None) -> None:
+    """Stores ``row`` as the next event of its order, setting its version, position and time."""
+    async with in_transaction() as connection:
+        if key is not None and not await idempotency.claim(
+            connection,
+            account_id=key.account_id,
+            subject=key.subject,
+            key=key.key,
+            request_hash=key.request_hash,
+            ttl_seconds=key.ttl_seconds,
+        ):
+            raise _KeyTaken()
+        version = await _next_version(connection, row.account_id, row.order_id)
+        if expected_version is not None and version - 1 != expected_version:
+            # Raising rolls back the version bump and the key claim with it.
+            raise Conflict(
+                f"expected order version {expected_version}, but it is at {version - 1}",
+                currentVersion=version - 1,
+                expectedVersion=expected_version,
+            )
+        row.version = version
+        row.created_at = datetime.now(UTC)
+        await row.save(using_db=connection, force_create=True)
+        if key is not None:
+            await idempotency.record_event(
+                connection,
+                account_id=key.account_id,
+                subject=key.subject,
+                key=key.key,
+                event_seq=row.seq,
+            )
+
+
+async def _replay(key: _Key) -> StoredEvent | None:
+    """The event stored by an earlier request with ``key``; a conflict if that request
+    was a different one."""
+    claimed = await idempotency.find(account_id=key.account_id, subject=key.subject, key=key.key)
+    if claimed is None or claimed.event_seq is None:
+        return None
+    if claimed.request_hash != key.request_hash:
+        raise Conflict(
+            "this idempotency key was already used for a different request "
+            "(another order or other event fields); use a new key for a new request",
+            idempotencyKey=key.key,
+        )
+    row = await OrderEvent.get(seq=claimed.event_seq)
     return StoredEvent.from_row(row)
 
 
 async def _next_version(connection: BaseDBAsyncClient, account_id: str, order_id: str) -> int:
     # The upsert locks the order's head row until commit (PostgreSQL) or runs inside SQLite's
     # single writer, so concurrent appends to one order take consecutive versions.
-    sql = _placeholders(
+    sql = placeholders(
         connection,
         "INSERT INTO order_streams (account_id, order_id, version) VALUES (?, ?, 1) "
         "ON CONFLICT (account_id, order_id) "
@@ -243,7 +352,7 @@ async def combined_state(account_id: str, order_id: str) -> EventState:
     """``failure`` if any event failed; ``pending`` if there are none or any service's latest
     event is pending; otherwise ``success``."""
     connection = get_connection("default")
-    sql = _placeholders(
+    sql = placeholders(
         connection,
         "SELECT "
         " EXISTS (SELECT 1 FROM order_events"
@@ -280,11 +389,3 @@ def links(event: StoredEvent, public_url: str) -> list[Link]:
         f"/shopping/orders/{order_path}/events"
     )
     return [Link(href=href, rel="events")]
-
-
-def _placeholders(connection: BaseDBAsyncClient, sql: str) -> str:
-    """Rewrites ``?`` placeholders to ``$1, $2, ...`` for PostgreSQL."""
-    if connection.capabilities.dialect != "postgres":
-        return sql
-    parts = sql.split("?")
-    return parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], start=1))

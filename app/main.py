@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -11,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from tortoise.contrib.starlette import RegisterTortoise
 
+from app import idempotency
 from app.api.schema import schema
 from app.api.view import GraphQLApp
 from app.auth import LocalIssuer, TokenValidator, key_source
@@ -41,7 +44,15 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with RegisterTortoise(app, config=tortoise_config(settings.database_url)):
-            yield
+            purger = asyncio.create_task(
+                idempotency.purge_forever(settings.idempotency_purge_interval_seconds)
+            )
+            try:
+                yield
+            finally:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings

@@ -62,3 +62,22 @@ class OrderEvent(Model):
                 name="order_events_service_latest",
             ),
         )
+
+
+class IdempotencyKey(Model):
+    """A client's idempotency key and the event its first request created."""
+
+    id = fields.BigIntField(primary_key=True)
+    account_id = fields.CharField(max_length=9)
+    subject = fields.CharField(max_length=40)
+    key = fields.CharField(max_length=255)
+    # SHA-256 of the request, so a retry can be told apart from another request with the key.
+    request_hash = fields.CharField(max_length=64)
+    event_seq = fields.BigIntField(null=True)
+    # Unix seconds; an integer compares the same way on every database.
+    expires_at = fields.BigIntField()
+
+    class Meta:
+        table = "idempotency_keys"
+        unique_together = (("account_id", "subject", "key"),)
+        indexes = (Index(fields=("expires_at",), name="idempotency_keys_expires_at"),)

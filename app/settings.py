@@ -37,6 +37,8 @@ class Settings:
 
     # API.
     max_page_size: int = 200
+    idempotency_key_ttl_seconds: int = 24 * 3600
+    idempotency_purge_interval_seconds: int = 300
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
@@ -49,6 +51,10 @@ class Settings:
         object.__setattr__(self, "audience_base", self.audience_base.rstrip("/"))
         if self.jwks_url and self.jwks_file:
             raise SettingsError("set JWKS_URL or JWKS_FILE, not both")
+        if self.idempotency_key_ttl_seconds < 3600:
+            raise SettingsError("IDEMPOTENCY_KEY_TTL_SECONDS must be at least 3600 (one hour)")
+        if self.idempotency_purge_interval_seconds < 1:
+            raise SettingsError("IDEMPOTENCY_PURGE_INTERVAL_SECONDS must be at least 1")
         if self.max_page_size < 1:
             raise SettingsError("MAX_PAGE_SIZE must be at least 1")
         if not self.token_algorithms:
@@ -112,6 +118,12 @@ class Settings:
             token_algorithms=tuple(algorithms) or defaults.token_algorithms,
             token_leeway_seconds=integer("TOKEN_LEEWAY_SECONDS", defaults.token_leeway_seconds),
             max_page_size=integer("MAX_PAGE_SIZE", defaults.max_page_size),
+            idempotency_key_ttl_seconds=integer(
+                "IDEMPOTENCY_KEY_TTL_SECONDS", defaults.idempotency_key_ttl_seconds
+            ),
+            idempotency_purge_interval_seconds=integer(
+                "IDEMPOTENCY_PURGE_INTERVAL_SECONDS", defaults.idempotency_purge_interval_seconds
+            ),
             graphiql=flag("GRAPHIQL", defaults.graphiql),
             graphiql_assets_dir=Path(
                 text("GRAPHIQL_ASSETS_DIR", str(defaults.graphiql_assets_dir))

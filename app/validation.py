@@ -14,10 +14,12 @@ from typing import Any
 
 from app.errors import FieldError
 
-ACCOUNT_ID = re.compile(r"^[PT]\d{8}$")
+# [0-9], not \d: \d also matches non-ASCII digits such as "١".
+ACCOUNT_ID = re.compile(r"[PT][0-9]{8}")
 ORDER_ID_MAX = 128
 NAME_MAX = 255
 DESCRIPTION_MAX = 1000
+IDEMPOTENCY_KEY_MAX = 255
 METADATA_MAX_BYTES = 64 * 1024
 METADATA_MAX_DEPTH = 32
 
@@ -37,6 +39,13 @@ def check_order_id(value: str, field: str, errors: list[FieldError]) -> None:
         errors.append(FieldError(field, f"must be 1 to {ORDER_ID_MAX} characters long"))
     elif "/" in value:
         errors.append(FieldError(field, "must not contain '/'"))
+    elif not _encodable(value) or not value.isprintable():
+        errors.append(FieldError(field, "must contain printable characters only"))
+
+
+def check_idempotency_key(value: str, field: str, errors: list[FieldError]) -> None:
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX:
+        errors.append(FieldError(field, f"must be 1 to {IDEMPOTENCY_KEY_MAX} characters long"))
     elif not _encodable(value) or not value.isprintable():
         errors.append(FieldError(field, "must contain printable characters only"))
 
@@ -77,7 +86,8 @@ def check_metadata(value: Any, field: str, errors: list[FieldError]) -> str | No
 
 
 def _json_problem(value: Any, depth: int) -> str | None:
-    if depth > METADATA_MAX_DEPTH:
+    # Objects and lists make the levels; a scalar inside the 32nd level does not add one.
+    if isinstance(value, dict | list) and depth > METADATA_MAX_DEPTH:
         return f"must be at most {METADATA_MAX_DEPTH} levels deep"
     if isinstance(value, dict):
         for key, item in value.items():

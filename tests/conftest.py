@@ -109,14 +109,18 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
         yield application
 
 
+TABLES = ("order_events", "order_streams", "idempotency_keys")
+
+
 async def _empty_tables() -> None:
     connection = get_connection("default")
     if connection.capabilities.dialect == "postgres":
-        await connection.execute_script("TRUNCATE order_events, order_streams RESTART IDENTITY")
+        await connection.execute_script(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY")
     else:
+        names = ", ".join(f"'{table}'" for table in TABLES)
+        deletes = "".join(f"DELETE FROM {table};" for table in TABLES)
         await connection.execute_script(
-            "DELETE FROM order_events; DELETE FROM order_streams;"
-            "DELETE FROM sqlite_sequence WHERE name IN ('order_events', 'order_streams');"
+            f"{deletes} DELETE FROM sqlite_sequence WHERE name IN ({names});"
         )
 
 
@@ -183,3 +187,21 @@ def other_settings(settings: Settings) -> Callable[..., Settings]:
         return replace(settings, **changes)
 
     return make
+
+
+@pytest.fixture
+def server_env(settings: Settings, app: Starlette) -> dict[str, str]:
+    """Environment for server processes sharing this test's database and signing key
+    (``app`` first, so the migrations have run)."""
+    return {
+        "DATABASE_URL": settings.database_url,
+        "DATA_DIR": str(settings.data_dir),
+        "PUBLIC_URL": settings.public_url,
+        "GRAPHIQL": "false",
+    }
+
+
+@pytest.fixture
+def postgres_only(database_url: str) -> None:
+    if not database_url.startswith("postgres"):
+        pytest.skip("several server processes need PostgreSQL; this run is on SQLite")

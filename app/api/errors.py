@@ -21,9 +21,13 @@ from app.errors import ServiceError
 
 logger = logging.getLogger("app.errors")
 
+# graphql-core 3.2: "Variable '$e' got invalid value 'X'; ... at 'e.state'"
 _VARIABLE_FIELD = re.compile(r"Variable '\$(\w+)' got invalid value .*? at '([\w.\[\]]+)'")
+# graphql-core 3.3: "Variable '$e' has invalid value at .state: ..."
+_VARIABLE_PATH = re.compile(r"Variable '\$(\w+)' has invalid value at ([\w.\[\]]+):")
 _VARIABLE = re.compile(r"Variable '\$(\w+)'")
 _ARGUMENT_FIELD = re.compile(r"(?:Argument|Field) '([\w.]+)'")
+_INPUT_FIELD = re.compile(r"(?:required|unknown) field '(\w+)'")
 
 
 def convert(error: GraphQLError, request_id: str) -> GraphQLError:
@@ -31,7 +35,9 @@ def convert(error: GraphQLError, request_id: str) -> GraphQLError:
     if isinstance(original, ServiceError):
         extensions: dict[str, Any] = {"code": original.code, **original.extensions}
         return _rebuild(error, original.message, extensions)
-    if original is None:
+    # graphql-core 3.3 wraps a variable's coercion error: a GraphQLError as the original of an
+    # error without a path (nothing ran yet) is still the client's input, not a server fault.
+    if original is None or (isinstance(original, GraphQLError) and not error.path):
         if error.extensions and "code" in error.extensions:
             return error
         field = _field_named_by(error.message)
@@ -68,10 +74,15 @@ def _rebuild(error: GraphQLError, message: str, extensions: dict[str, Any]) -> G
 def _field_named_by(message: str) -> str | None:
     if match := _VARIABLE_FIELD.search(message):
         return match.group(2)
+    if match := _VARIABLE_PATH.search(message):
+        return match.group(1) + match.group(2)
+    input_field = _INPUT_FIELD.search(message)
     if match := _VARIABLE.search(message):
-        return match.group(1)
+        return match.group(1) + (f".{input_field.group(1)}" if input_field else "")
     if match := _ARGUMENT_FIELD.search(message):
         return match.group(1)
+    if input_field:
+        return input_field.group(1)
     return None
 
 

@@ -79,6 +79,26 @@ class Mutation:
         account_id: AccountId,
         order_id: OrderId,
         event: Annotated[OrderEventInput, strawberry.argument(description="The event to append.")],
+        idempotency_key: Annotated[
+            str | None,
+            strawberry.argument(
+                description=(
+                    "Makes retries safe: a repeat of a request with the same key and the same "
+                    "input returns the event the first one stored, and creates nothing new; "
+                    "the key with other input is a CONFLICT. 1 to 255 printable characters, "
+                    "scoped to the account and the token's subject, kept for at least 24 hours."
+                )
+            ),
+        ] = None,
+        expected_version: Annotated[
+            int | None,
+            strawberry.argument(
+                description=(
+                    "Store the event only if the order is at this version now (0 before its "
+                    "first event); otherwise CONFLICT with `extensions.currentVersion`."
+                )
+            ),
+        ] = None,
     ) -> OrderStatusEvent:
         context = info.context
         stored = await events.create_event(
@@ -92,6 +112,9 @@ class Mutation:
                 description=event.description,
                 metadata=event.metadata,
             ),
+            idempotency_key=idempotency_key,
+            expected_version=expected_version,
+            key_ttl_seconds=context.settings.idempotency_key_ttl_seconds,
         )
         return OrderStatusEvent.from_event(stored, context.settings.public_url)
 

@@ -23,6 +23,7 @@ from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
 from app.api.context import Context
+from app.api.errors import convert
 from app.auth import KeySourceError, TokenError, TokenValidator
 from app.graphiql import graphiql_html
 from app.settings import Settings
@@ -88,6 +89,14 @@ class GraphQLApp(GraphQL[Context, None]):
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
         sub_response: Response = request.state.sub_response
+        if result.errors:
+            # A syntax error raised by ParserCache's parse hook escapes the operation hook that
+            # maps errors (ErrorCodes): map whatever it missed here, so every error has a code.
+            request_id = getattr(request.state, "request_id", "-")
+            result.errors = [
+                error if (error.extensions or {}).get("code") else convert(error, request_id)
+                for error in result.errors
+            ]
         body: GraphQLHTTPResponse = {"data": result.data}
         if result.errors:
             body["errors"] = [error.formatted for error in result.errors]
