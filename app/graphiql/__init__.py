@@ -31,7 +31,7 @@ ENDPOINT = "/graphql"
 # Shown in the Headers editor so a person sees where a token goes. The page drops the header
 # while it still holds this text: the server would refuse it as a malformed token, and that
 # would also fail the schema introspection GraphiQL runs on load.
-AUTHORIZATION_HINT = "Bearer <paste a token from scripts/token>"
+AUTHORIZATION_HINT = "Bearer <token from scripts/token>"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,9 @@ _START_SCRIPT = Template("""
 (function () {
   "use strict";
   var hint = $hint;
-  var page = new URLSearchParams(window.location.search);
+  // A query to start with can come in the fragment (/graphql#query=...): a "query" parameter
+  // in the URL's query string would make GET /graphql run it instead of serving this page.
+  var page = new URLSearchParams(window.location.hash.slice(1));
   var url = new URL($endpoint, window.location.href);
   var socket = new URL(url.href);
   socket.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -145,8 +147,8 @@ code { background: #f2f2f2; padding: 0 .2em; }</style>
 <code>{"query": "{ __typename }"}</code> to <code>$endpoint</code>.</p>
 <p>GraphiQL's browser files are fetched from the npm registry when the project is installed,
 never from the internet while you use it, and they are not here yet: run
-<code>scripts/install</code> (or <code>scripts/install-graphiql</code>) on this machine
-with <code>npm</code> and the npm registry, or a mirror of it, reachable.
+<code>scripts/install-graphiql</code> (<code>scripts/install</code> runs it too) on this
+machine with <code>npm</code> and the npm registry, or a mirror of it, reachable.
 Then reload this page.</p>
 <p>Looked in <code>$assets_dir</code> (setting <code>GRAPHIQL_ASSETS_DIR</code>) for:</p>
 <ul>
@@ -156,7 +158,7 @@ $missing
 </html>
 """)
 
-NOT_INSTALLED_TEXT = "GraphiQL's browser assets are not installed: run scripts/install\n"
+NOT_INSTALLED_TEXT = "GraphiQL's browser assets are not installed: run scripts/install-graphiql\n"
 
 
 def graphiql_html(settings: Settings) -> str:
