@@ -46,10 +46,10 @@ class Link:
 @dataclass(frozen=True)
 class StoredEvent:
     id: str
-    seq: int
     account_id: str
     order_id: str
     version: int
+    position: int
     event_type: str
     state: EventState
     service: str
@@ -61,16 +61,16 @@ class StoredEvent:
 
     @property
     def cursor(self) -> str:
-        return encode_cursor(self.seq, self.version)
+        return encode_cursor(self.position, self.version)
 
     @classmethod
     def from_row(cls, row: OrderEvent) -> StoredEvent:
         return cls(
             id=row.event_id,
-            seq=row.seq,
             account_id=row.account_id,
             order_id=row.order_id,
             version=row.version,
+            position=row.position,
             event_type=row.event_type,
             state=EventState(row.state),
             service=row.service,
@@ -91,31 +91,31 @@ class EventPage:
 
 
 # Cursors -----------------------------------------------------------------------------------
-# A cursor names one event by its global position and its version in its order, so the same
-# cursor resumes an order's stream (by version) and an account's stream (by position).
+# A cursor names one event by its position in its account and its version in its order, so
+# the same cursor resumes an order's stream (by version) and an account's stream (by position).
 
 _CURSOR_PREFIX = "1:"
 
 
-def encode_cursor(seq: int, version: int) -> str:
-    raw = f"{_CURSOR_PREFIX}{seq}:{version}".encode()
+def encode_cursor(position: int, version: int) -> str:
+    raw = f"{_CURSOR_PREFIX}{position}:{version}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str, field: str = "after") -> tuple[int, int]:
-    """Returns (seq, version); a cursor that was not made here is bad input."""
+    """Returns (position, version); a cursor that was not made here is bad input."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
         if not text.startswith(_CURSOR_PREFIX):
             raise ValueError(text)
-        seq_text, version_text = text[len(_CURSOR_PREFIX) :].split(":")
-        seq, version = int(seq_text), int(version_text)
-        if seq < 1 or version < 1:
+        position_text, version_text = text[len(_CURSOR_PREFIX) :].split(":")
+        position, version = int(position_text), int(version_text)
+        if position < 1 or version < 1:
             raise ValueError(text)
     except (ValueError, UnicodeError, binascii.Error):
         raise BadUserInput([FieldError(field, "is not a cursor returned by this API")]) from None
-    return seq, version
+    return position, version
 
 
 # Authorization -----------------------------------------------------------------------------
@@ -250,6 +250,8 @@ async def _append(row: OrderEvent, key: _Key | None, expected_version: int | Non
             ttl_seconds=key.ttl_seconds,
         ):
             raise _KeyTaken()
+        # Account first, then order: every writer takes the two row locks in the same order.
+        position = await _next_position(connection, row.account_id)
         version = await _next_version(connection, row.account_id, row.order_id)
         if expected_version is not None and version - 1 != expected_version:
             # Raising rolls back the version bump and the key claim with it.
@@ -259,6 +261,7 @@ async def _append(row: OrderEvent, key: _Key | None, expected_version: int | Non
                 expectedVersion=expected_version,
             )
         row.version = version
+        row.position = position
         row.created_at = datetime.now(UTC)
         await row.save(using_db=connection, force_create=True)
         if key is not None:
@@ -285,6 +288,17 @@ async def _replay(key: _Key) -> StoredEvent | None:
         )
     row = await OrderEvent.get(seq=claimed.event_seq)
     return StoredEvent.from_row(row)
+
+
+async def _next_position(connection: BaseDBAsyncClient, account_id: str) -> int:
+    sql = placeholders(
+        connection,
+        "INSERT INTO account_streams (account_id, position) VALUES (?, 1) "
+        "ON CONFLICT (account_id) "
+        "DO UPDATE SET position = account_streams.position + 1 RETURNING position",
+    )
+    rows = await connection.execute_query_dict(sql, [account_id])
+    return int(rows[0]["position"])
 
 
 async def _next_version(connection: BaseDBAsyncClient, account_id: str, order_id: str) -> int:

@@ -1,9 +1,14 @@
-"""Storage: an append-only table of order events and one head row per order.
+"""Storage: an append-only table of order events, and head rows that number them.
 
-The head row (``OrderStream``) holds the order's current version. Appending bumps it with an
-upsert inside the event's transaction, which locks that one row until commit: concurrent
-writers to one order queue there and take versions 1, 2, 3, ... with no gap or repeat, while
-writers to other orders never wait for each other.
+Appending an event bumps two head rows with upserts inside the event's transaction: the
+account's (``AccountStream.position``) and the order's (``OrderStream.version``). An upsert
+locks its row until commit, so concurrent writers to one account queue there and take
+positions and versions 1, 2, 3, ... with no gap or repeat, in commit order. Commit order is
+what live subscribers need: an account's events reach them, and are replayed to them, in
+position order, and a missing position is a gap to fill from the table, never an event that
+is still to commit. (A table-wide sequence would not do: sequence values are taken at insert,
+so a lower one can commit after a higher one was already delivered.) The price is that
+writers to one account take turns at their commit; accounts never wait for each other.
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ class EventState(StrEnum):
     PENDING = "pending"
 
 
+class AccountStream(Model):
+    id = fields.BigIntField(primary_key=True)
+    account_id = fields.CharField(max_length=9, unique=True)
+    position = fields.BigIntField(default=0)
+
+    class Meta:
+        table = "account_streams"
+
+
 class OrderStream(Model):
     id = fields.BigIntField(primary_key=True)
     account_id = fields.CharField(max_length=9)
@@ -34,12 +48,13 @@ class OrderStream(Model):
 
 
 class OrderEvent(Model):
-    # Global position: the account-wide stream and cursors order by it.
     seq = fields.BigIntField(primary_key=True)
     event_id = fields.CharField(max_length=40, unique=True)
     account_id = fields.CharField(max_length=9)
     order_id = fields.CharField(max_length=128)
     version = fields.IntField()
+    # The event's place in its account's stream: account-wide subscriptions and cursors.
+    position = fields.BigIntField()
     event_type = fields.CharField(max_length=32, default="service-event")
     state = fields.CharEnumField(EventState, max_length=16)
     service = fields.CharField(max_length=255)
@@ -54,9 +69,8 @@ class OrderEvent(Model):
     class Meta:
         table = "order_events"
         # The unique index doubles as the read path: one order's events in version order.
-        unique_together = (("account_id", "order_id", "version"),)
+        unique_together = (("account_id", "order_id", "version"), ("account_id", "position"))
         indexes = (
-            Index(fields=("account_id", "seq"), name="order_events_account_seq"),
             Index(
                 fields=("account_id", "order_id", "service", "version"),
                 name="order_events_service_latest",

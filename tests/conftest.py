@@ -109,7 +109,7 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
         yield application
 
 
-TABLES = ("order_events", "order_streams", "idempotency_keys")
+TABLES = ("order_events", "order_streams", "account_streams", "idempotency_keys")
 
 
 async def _empty_tables() -> None:
