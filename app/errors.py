@@ -6,7 +6,8 @@
      ├── BadUserInput            one or more fields break the contract (``errors``: every one)
      ├── NotFound                the thing asked for does not exist
      ├── Conflict                the request clashes with what is stored (``extensions``)
-     └── RateLimited             too many requests from one caller (``retry_after`` seconds)
+     ├── RateLimited             too many requests from one caller (``retry_after`` seconds)
+     └── SlowConsumer            a subscriber fell too far behind (``resume_after`` cursor)
 
 Service code never imports the GraphQL layer; ``app.api.errors`` maps these to the response
 shape in one place, and anything that is not a ``ServiceError`` is an internal error there.
@@ -84,3 +85,24 @@ class RateLimited(ServiceError):
     @property
     def extensions(self) -> dict[str, Any]:
         return {"retryAfter": self.retry_after}
+
+
+class SlowConsumer(ServiceError):
+    """A subscription's buffer overflowed: the client reads slower than events arrive.
+
+    It ends the subscription; the client resubscribes with ``after`` set to the cursor of the
+    last event it received (``resumeAfter``) and misses nothing.
+    """
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, resume_after: str | None) -> None:
+        super().__init__(
+            "this subscription fell too far behind and was ended; subscribe again with "
+            "`after` set to the cursor of the last event received (extensions.resumeAfter)"
+        )
+        self.resume_after = resume_after
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"resumeAfter": self.resume_after}

@@ -12,7 +12,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from tortoise.backends.base.client import BaseDBAsyncClient
@@ -82,6 +82,14 @@ class StoredEvent:
         )
 
 
+class Publisher(Protocol):
+    """Hands committed events to live subscribers (``app.broker``)."""
+
+    async def in_transaction(self, connection: BaseDBAsyncClient, event: StoredEvent) -> None: ...
+
+    def after_commit(self, event: StoredEvent) -> None: ...
+
+
 @dataclass(frozen=True)
 class EventPage:
     events: list[StoredEvent]
@@ -121,7 +129,7 @@ def decode_cursor(cursor: str, field: str = "after") -> tuple[int, int]:
 # Authorization -----------------------------------------------------------------------------
 
 
-def _authorize(principal: Principal, account_id: str, allowed: bool, action: str) -> None:
+def authorize(principal: Principal, account_id: str, allowed: bool, action: str) -> None:
     if principal.account_id != account_id:
         raise Forbidden(f"this token is for account {principal.account_id}, not {account_id}")
     if not allowed:
@@ -171,6 +179,7 @@ async def create_event(
     idempotency_key: str | None = None,
     expected_version: int | None = None,
     key_ttl_seconds: int = 86400,
+    publisher: Publisher | None = None,
 ) -> StoredEvent:
     """Appends ``event`` to the order's stream and returns it as stored (after commit).
 
@@ -181,7 +190,7 @@ async def create_event(
     metadata_text = _validate_new_event(
         account_id, order_id, event, idempotency_key, expected_version
     )
-    _authorize(
+    authorize(
         principal,
         account_id,
         principal.can_write_order(order_id),
@@ -219,14 +228,16 @@ async def create_event(
         created_by=principal.subject,
     )
     try:
-        await _append(row, key, expected_version)
+        stored = await _append(row, key, expected_version, publisher)
     except _KeyTaken:
         assert key is not None
         if replayed := await _replay(key):
             return replayed
         # The claim that beat this request expired in the meantime: nothing to replay.
-        await _append(row, key, expected_version)
-    return StoredEvent.from_row(row)
+        stored = await _append(row, key, expected_version, publisher)
+    if publisher is not None:
+        publisher.after_commit(stored)
+    return stored
 
 
 @dataclass(frozen=True)
@@ -238,7 +249,9 @@ class _Key:
     ttl_seconds: int
 
 
-async def _append(row: OrderEvent, key: _Key | None, expected_version: int | None) -> None:
+async def _append(
+    row: OrderEvent, key: _Key | None, expected_version: int | None, publisher: Publisher | None
+) -> StoredEvent:
     """Stores ``row`` as the next event of its order, setting its version, position and time."""
     async with in_transaction() as connection:
         if key is not None and not await idempotency.claim(
@@ -272,6 +285,10 @@ async def _append(row: OrderEvent, key: _Key | None, expected_version: int | Non
                 key=key.key,
                 event_seq=row.seq,
             )
+        stored = StoredEvent.from_row(row)
+        if publisher is not None:
+            await publisher.in_transaction(connection, stored)
+    return stored
 
 
 async def _replay(key: _Key) -> StoredEvent | None:
@@ -340,7 +357,7 @@ async def list_events(
             errors.extend(error.errors)
     if errors:
         raise BadUserInput(errors)
-    _authorize(
+    authorize(
         principal,
         account_id,
         principal.can_read_order(order_id),
@@ -403,3 +420,27 @@ def links(event: StoredEvent, public_url: str) -> list[Link]:
         f"/shopping/orders/{order_path}/events"
     )
     return [Link(href=href, rel="events")]
+
+
+async def events_after(
+    account_id: str, order_id: str | None, after: int, limit: int
+) -> list[StoredEvent]:
+    """Up to ``limit`` events after ``after``: of one order by version, or of the whole
+    account by position."""
+    if order_id is None:
+        query = OrderEvent.filter(account_id=account_id, position__gt=after).order_by("position")
+    else:
+        query = OrderEvent.filter(
+            account_id=account_id, order_id=order_id, version__gt=after
+        ).order_by("version")
+    return [StoredEvent.from_row(row) for row in await query.limit(limit)]
+
+
+async def latest(account_id: str, order_id: str | None) -> StoredEvent | None:
+    """The order's latest event, or without ``order_id`` the account's."""
+    if order_id is None:
+        query = OrderEvent.filter(account_id=account_id).order_by("-position")
+    else:
+        query = OrderEvent.filter(account_id=account_id, order_id=order_id).order_by("-version")
+    row = await query.first()
+    return None if row is None else StoredEvent.from_row(row)

@@ -17,14 +17,17 @@ from app import idempotency
 from app.api.schema import schema
 from app.api.view import GraphQLApp
 from app.auth import LocalIssuer, TokenValidator, key_source
+from app.broker import create_broker
 from app.db import tortoise_config
 from app.graphiql import graphiql_routes
 from app.settings import Settings
+from app.shutdown import drain_on_signals
 
 
 def create_app(settings: Settings) -> Starlette:
     keys = key_source(settings)
-    graphql = GraphQLApp(schema, settings, TokenValidator(settings, keys))
+    broker = create_broker(settings.database_url)
+    graphql = GraphQLApp(schema, settings, TokenValidator(settings, keys), broker)
 
     routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
@@ -44,18 +47,25 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with RegisterTortoise(app, config=tortoise_config(settings.database_url)):
+            await broker.start()
             purger = asyncio.create_task(
                 idempotency.purge_forever(settings.idempotency_purge_interval_seconds)
             )
+            restore_signals = drain_on_signals(graphql.connections, settings.shutdown_grace_seconds)
             try:
                 yield
             finally:
+                restore_signals()
+                # Normally drained already, when the signal came; this covers other stops.
+                await graphql.connections.drain_all(settings.shutdown_grace_seconds)
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
+                await broker.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
+    app.state.broker = broker
     return app
 
 

@@ -39,6 +39,14 @@ class Settings:
     max_page_size: int = 200
     idempotency_key_ttl_seconds: int = 24 * 3600
     idempotency_purge_interval_seconds: int = 300
+    # Live subscriptions over WebSocket.
+    allowed_origins: tuple[str, ...] = ()
+    ws_init_timeout_seconds: float = 10.0
+    ws_ping_interval_seconds: float = 20.0
+    max_subscriptions_per_connection: int = 50
+    subscription_buffer: int = 256
+    shutdown_grace_seconds: float = 5.0
+
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
@@ -55,6 +63,10 @@ class Settings:
             raise SettingsError("IDEMPOTENCY_KEY_TTL_SECONDS must be at least 3600 (one hour)")
         if self.idempotency_purge_interval_seconds < 1:
             raise SettingsError("IDEMPOTENCY_PURGE_INTERVAL_SECONDS must be at least 1")
+        if self.subscription_buffer < 1:
+            raise SettingsError("SUBSCRIPTION_BUFFER must be at least 1")
+        if self.max_subscriptions_per_connection < 1:
+            raise SettingsError("MAX_SUBSCRIPTIONS_PER_CONNECTION must be at least 1")
         if self.max_page_size < 1:
             raise SettingsError("MAX_PAGE_SIZE must be at least 1")
         if not self.token_algorithms:
@@ -91,6 +103,15 @@ class Settings:
             except ValueError:
                 raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
 
+        def number(name: str, default: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                return float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+
         def flag(name: str, default: bool) -> bool:
             raw = env.get(name, "").strip().lower()
             if not raw:
@@ -123,6 +144,20 @@ class Settings:
             ),
             idempotency_purge_interval_seconds=integer(
                 "IDEMPOTENCY_PURGE_INTERVAL_SECONDS", defaults.idempotency_purge_interval_seconds
+            ),
+            allowed_origins=tuple(env.get("ALLOWED_ORIGINS", "").replace(",", " ").split()),
+            ws_init_timeout_seconds=number(
+                "WS_INIT_TIMEOUT_SECONDS", defaults.ws_init_timeout_seconds
+            ),
+            ws_ping_interval_seconds=number(
+                "WS_PING_INTERVAL_SECONDS", defaults.ws_ping_interval_seconds
+            ),
+            max_subscriptions_per_connection=integer(
+                "MAX_SUBSCRIPTIONS_PER_CONNECTION", defaults.max_subscriptions_per_connection
+            ),
+            subscription_buffer=integer("SUBSCRIPTION_BUFFER", defaults.subscription_buffer),
+            shutdown_grace_seconds=number(
+                "SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds
             ),
             graphiql=flag("GRAPHIQL", defaults.graphiql),
             graphiql_assets_dir=Path(

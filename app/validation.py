@@ -14,7 +14,7 @@ from typing import Any
 
 from app.errors import FieldError
 
-# [0-9], not \d: \d also matches non-ASCII digits such as "١".
+# [0-9], not \d: \d also matches non-ASCII digits (Arabic-Indic ones, for example).
 ACCOUNT_ID = re.compile(r"[PT][0-9]{8}")
 ORDER_ID_MAX = 128
 NAME_MAX = 255

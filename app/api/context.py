@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from app.auth import Principal
+from app.broker import Broker
 from app.errors import Unauthenticated
 from app.settings import Settings
 
@@ -18,12 +20,15 @@ class Context:
     request: Request | WebSocket
     response: Response | WebSocket | None
     settings: Settings
+    broker: Broker
     request_id: str
     principal: Principal | None = None
     # Why the presented token was refused; None when there was no token or it was fine.
     auth_error: str | None = None
     # Set when the issuer's keys could not be loaded: the server's fault, not the caller's.
     key_error: Exception | None = None
+    # The graphql-transport-ws connection_init payload (WebSocket only).
+    connection_params: Any = None
 
     def require_principal(self) -> Principal:
         if self.principal is not None:

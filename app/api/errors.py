@@ -89,7 +89,18 @@ def _field_named_by(message: str) -> str | None:
 class ErrorCodes(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         yield
-        result = self.execution_context.result
-        if result is not None and result.errors:
+        self._convert(self.execution_context.result)
+
+    def on_stream_result(self, result: Any) -> Iterator[None]:
+        # Each result of a subscription, before it is sent on the socket.
+        self._convert(result)
+        yield
+
+    def _convert(self, result: Any) -> None:
+        errors = getattr(result, "errors", None)
+        if errors:
             request_id = getattr(self.execution_context.context, "request_id", "-")
-            result.errors = [convert(error, request_id) for error in result.errors]
+            result.errors = [
+                error if (error.extensions or {}).get("code") else convert(error, request_id)
+                for error in errors
+            ]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import Info
 
-from app import events
+from app import events, live
 from app.api.context import Context
 from app.api.errors import ErrorCodes
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
@@ -115,8 +117,52 @@ class Mutation:
             idempotency_key=idempotency_key,
             expected_version=expected_version,
             key_ttl_seconds=context.settings.idempotency_key_ttl_seconds,
+            publisher=context.broker,
         )
         return OrderStatusEvent.from_event(stored, context.settings.public_url)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description=(
+            "Every new event of an order, or without `orderId` of the whole account, once and "
+            "in order, within milliseconds of its commit, whichever server process wrote it. "
+            "With `after` (any event's cursor), first every later event already stored, then "
+            "live ones, with no gap and no duplicate: pass the cursor of the last event "
+            "received to resume after a disconnect. A subscriber that falls too far behind is "
+            "ended with RATE_LIMITED and `extensions.resumeAfter`. Needs a read scope for the "
+            "order; without `orderId`, `admin:shopping`, `read:shopping` or "
+            "`read:shopping:/orders/ANY/events`."
+        )
+    )
+    async def order_events(
+        self,
+        info: Info[Context, None],
+        account_id: AccountId,
+        order_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(
+                description="The order to watch; leave it out to watch every order of the account."
+            ),
+        ] = None,
+        after: Annotated[
+            str | None,
+            strawberry.argument(description="Start after this event's cursor; default: now."),
+        ] = None,
+    ) -> AsyncIterator[OrderStatusEvent]:
+        context = info.context
+        stream = live.watch(
+            context.require_principal(),
+            context.broker,
+            account_id,
+            order_id,
+            after,
+            buffer_size=context.settings.subscription_buffer,
+        )
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                yield OrderStatusEvent.from_event(event, context.settings.public_url)
 
 
 class Schema(strawberry.Schema):
@@ -130,6 +176,7 @@ def build_schema() -> strawberry.Schema:
     return Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         # Parsing and validating a document costs more than running a small operation;
         # clients send the same few documents over and over.
         extensions=[ParserCache, ValidationCache, ErrorCodes],

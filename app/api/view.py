@@ -1,4 +1,5 @@
-"""The GraphQL endpoint over HTTP: authentication, media types and status codes.
+"""The GraphQL endpoint: authentication, media types and status codes over HTTP; the
+WebSocket side is in ``app.api.websocket``.
 
 Follows the GraphQL-over-HTTP specification: ``application/graphql-response+json`` when the
 client accepts it (a request that fails before execution is then a 400), otherwise
@@ -9,7 +10,8 @@ operation that needs one is a 401 with ``WWW-Authenticate``, whatever the media 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 from cross_web import HTTPException
 from starlette.requests import Request
@@ -17,14 +19,17 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import MissingQueryError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
+from strawberry.types.unset import UNSET, UnsetType
 
 from app.api.context import Context
 from app.api.errors import convert
+from app.api.websocket import Connections, LegacyWSHandler, TransportWSHandler, find_authorization
 from app.auth import KeySourceError, TokenError, TokenValidator
+from app.broker import Broker
 from app.graphiql import graphiql_html
 from app.settings import Settings
 
@@ -33,10 +38,35 @@ JSON = "application/json"
 
 
 class GraphQLApp(GraphQL[Context, None]):
-    def __init__(self, schema: BaseSchema, settings: Settings, validator: TokenValidator) -> None:
-        super().__init__(schema, graphql_ide="graphiql" if settings.graphiql else None)
+    def __init__(
+        self,
+        schema: BaseSchema,
+        settings: Settings,
+        validator: TokenValidator,
+        broker: Broker,
+    ) -> None:
+        super().__init__(
+            schema,
+            graphql_ide="graphiql" if settings.graphiql else None,
+            keep_alive=settings.ws_ping_interval_seconds > 0,
+            keep_alive_interval=settings.ws_ping_interval_seconds,
+            connection_init_wait_timeout=timedelta(seconds=settings.ws_init_timeout_seconds),
+            max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
+            allowed_origins=settings.allowed_origins,
+        )
         self.settings = settings
         self.validator = validator
+        self.broker = broker
+        self.connections = Connections()
+        # Handler classes of this app's own, bound to its connections and settings.
+        self.graphql_transport_ws_handler_class = type(
+            "AppTransportWSHandler",
+            (TransportWSHandler,),
+            {"connections": self.connections, "ping_interval": settings.ws_ping_interval_seconds},
+        )
+        self.graphql_ws_handler_class = type(
+            "AppLegacyWSHandler", (LegacyWSHandler,), {"connections": self.connections}
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,7 +87,11 @@ class GraphQLApp(GraphQL[Context, None]):
         request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
         request.state.request_id = request_id
         context = Context(
-            request=request, response=response, settings=self.settings, request_id=request_id
+            request=request,
+            response=response,
+            settings=self.settings,
+            broker=self.broker,
+            request_id=request_id,
         )
         header = request.headers.get("authorization")
         if header is not None:
@@ -75,6 +109,21 @@ class GraphQLApp(GraphQL[Context, None]):
             context.auth_error = f"invalid access token: {error}"
         except KeySourceError as error:
             context.key_error = error
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        header = find_authorization(context.connection_params)
+        if header is not None:
+            context.principal, context.auth_error = None, None
+            await self._authenticate(context, header)
+        elif context.principal is None and context.auth_error is None:
+            context.auth_error = (
+                'an access token is required: send {"Authorization": "Bearer <token>"} '
+                "as the connection_init payload"
+            )
+        if context.principal is None:
+            message = context.auth_error or "the token issuer's keys are unavailable"
+            raise ConnectionRejectionError({"message": message})
+        return cast(UnsetType, UNSET)
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)

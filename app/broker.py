@@ -1,0 +1,345 @@
+"""Live delivery: committed events reach the subscriptions of every server process.
+
+    Hub               this process's subscriptions, indexed by account and order; fans an
+                      event out to the matching ones, each into a bounded buffer
+    Broker            brings every committed event into the hub of every process
+     ├── LocalBroker      SQLite (one process): the writer publishes right after its commit
+     └── PostgresBroker   NOTIFY inside the writer's transaction, so it is delivered at commit
+                          and in commit order, to every process LISTENing; the listening
+                          connection is its own (a pool's reset would UNLISTEN), is checked
+                          every few seconds, and reconnects by itself
+
+Notifications are not kept for a listener that was away, so after a reconnect every
+subscription is told to catch up from the table (``RESYNC``). A subscription never trusts
+the feed to be complete: it also catches up whenever the next position or version it
+receives is not the one it expected (see ``app.live``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from app.events import StoredEvent
+from app.models import EventState, OrderEvent
+from app.sql import placeholders
+
+logger = logging.getLogger(__name__)
+
+CHANNEL: Final = "order_events"
+# The listening connection's application_name, to find it in pg_stat_activity.
+LISTENER_NAME: Final = "order-events-listener"
+# NOTIFY refuses payloads of 8000 bytes or more; a larger event is sent as a reference.
+MAX_PAYLOAD: Final = 7900
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# Pushed to every subscription when events may have been missed: catch up from the table.
+RESYNC: Final = _Marker("RESYNC")
+
+Item = StoredEvent | _Marker
+
+
+class Subscription:
+    """One subscriber's buffer. Overflowing it ends the subscription rather than the process:
+    a stuck consumer costs at most ``limit`` events of memory and slows nobody else."""
+
+    __slots__ = ("_hub", "_items", "_limit", "_waiter", "account_id", "order_id", "overflowed")
+
+    def __init__(self, hub: Hub, account_id: str, order_id: str | None, limit: int) -> None:
+        self._hub = hub
+        self._items: deque[Item] = deque()
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self.account_id = account_id
+        self.order_id = order_id
+        self.overflowed = False
+
+    def push(self, item: Item) -> None:
+        if self.overflowed:
+            return
+        if len(self._items) >= self._limit:
+            self.overflowed = True
+            self._items.clear()
+        else:
+            self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Item | None:
+        """The next item; None once the buffer has overflowed."""
+        while not self._items and not self.overflowed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self.overflowed:
+            return None
+        return self._items.popleft()
+
+    def close(self) -> None:
+        self._hub.remove(self)
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._by_order: dict[tuple[str, str], set[Subscription]] = {}
+        self._by_account: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, account_id: str, order_id: str | None, limit: int) -> Subscription:
+        subscription = Subscription(self, account_id, order_id, limit)
+        self._index(subscription).add(subscription)
+        return subscription
+
+    def remove(self, subscription: Subscription) -> None:
+        index = self._index(subscription)
+        index.discard(subscription)
+        if not index:
+            if subscription.order_id is None:
+                self._by_account.pop(subscription.account_id, None)
+            else:
+                self._by_order.pop((subscription.account_id, subscription.order_id), None)
+
+    def _index(self, subscription: Subscription) -> set[Subscription]:
+        if subscription.order_id is None:
+            return self._by_account.setdefault(subscription.account_id, set())
+        key = (subscription.account_id, subscription.order_id)
+        return self._by_order.setdefault(key, set())
+
+    def wants(self, account_id: str, order_id: str) -> bool:
+        return account_id in self._by_account or (account_id, order_id) in self._by_order
+
+    def publish(self, event: StoredEvent) -> None:
+        for subscription in self._by_account.get(event.account_id, ()):
+            subscription.push(event)
+        for subscription in self._by_order.get((event.account_id, event.order_id), ()):
+            subscription.push(event)
+
+    def resync_all(self) -> None:
+        for subscriptions in (*self._by_account.values(), *self._by_order.values()):
+            for subscription in subscriptions:
+                subscription.push(RESYNC)
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(s) for s in (*self._by_account.values(), *self._by_order.values()))
+
+
+class Broker:
+    """Carries committed events to the hubs of all processes; this base does it within one."""
+
+    def __init__(self) -> None:
+        self.hub = Hub()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def in_transaction(self, connection: BaseDBAsyncClient, event: StoredEvent) -> None:
+        """Called inside the writer's transaction, after the event's row is written."""
+        return None
+
+    def after_commit(self, event: StoredEvent) -> None:
+        """Called by the writer right after its transaction committed."""
+        return None
+
+
+class LocalBroker(Broker):
+    def after_commit(self, event: StoredEvent) -> None:
+        # Called with no await since the commit: SQLite commits one writer at a time, so
+        # events reach the hub in commit order.
+        self.hub.publish(event)
+
+
+class PostgresBroker(Broker):
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        check_interval: float = 5.0,
+        reconnect_delay: float = 0.2,
+        max_reconnect_delay: float = 5.0,
+    ) -> None:
+        super().__init__()
+        parts = urlsplit(database_url)
+        self._dsn = urlunsplit(parts._replace(scheme="postgresql"))
+        self._check_interval = check_interval
+        self._reconnect_delay = reconnect_delay
+        self._max_reconnect_delay = max_reconnect_delay
+        self._connection: asyncpg.Connection | None = None
+        self._lost = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        # Notifications are handled one at a time, in the order they arrived.
+        self._inbox: asyncio.Queue[str] = asyncio.Queue()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        # Hooks for tests: called after every (re)connection with the backend's process id.
+        self.on_connect: list[Callable[[int], None]] = []
+
+    async def start(self) -> None:
+        await self._connect()
+        self._supervisor = asyncio.create_task(self._supervise(), name="broker-listener")
+        self._dispatcher = asyncio.create_task(self._dispatch(), name="broker-dispatch")
+
+    async def stop(self) -> None:
+        for task in (self._supervisor, self._dispatcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._disconnect()
+
+    async def in_transaction(self, connection: BaseDBAsyncClient, event: StoredEvent) -> None:
+        payload = encode_event(event)
+        if len(payload.encode()) > MAX_PAYLOAD:
+            payload = json.dumps({"ref": event.id})
+        sql = placeholders(connection, "SELECT pg_notify(?, ?)")
+        await connection.execute_query(sql, [CHANNEL, payload])
+
+    # The listening connection -------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        connection = await asyncpg.connect(
+            self._dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}
+        )
+        self._lost.clear()
+        connection.add_termination_listener(lambda _: self._lost.set())
+        await connection.add_listener(CHANNEL, self._on_notify)
+        self._connection = connection
+        self.connected.set()
+        backend = connection.get_server_pid()
+        for hook in self.on_connect:
+            hook(backend)
+        logger.info("listening for order events (backend %d)", backend)
+
+    async def _disconnect(self) -> None:
+        self.connected.clear()
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=2)
+
+    async def _supervise(self) -> None:
+        while True:
+            await self._wait_until_lost()
+            logger.warning("lost the order-event listener connection; reconnecting")
+            await self._disconnect()
+            delay = self._reconnect_delay
+            while True:
+                try:
+                    await self._connect()
+                    break
+                except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+                    logger.warning(
+                        "reconnecting the listener failed (%s); retry in %.1fs", error, delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self._max_reconnect_delay)
+            # Whatever was notified while away is lost: every subscription catches up.
+            self.hub.resync_all()
+
+    async def _wait_until_lost(self) -> None:
+        """Returns once the connection is gone, checking it every few seconds: a connection
+        can die without the termination callback firing (a silent network drop)."""
+        while True:
+            try:
+                await asyncio.wait_for(self._lost.wait(), timeout=self._check_interval)
+                return
+            except TimeoutError:
+                pass
+            connection = self._connection
+            if connection is None or connection.is_closed():
+                return
+            try:
+                await asyncio.wait_for(connection.execute("SELECT 1"), timeout=self._check_interval)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                return
+
+    def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        self._inbox.put_nowait(payload)
+
+    async def _dispatch(self) -> None:
+        while True:
+            payload = await self._inbox.get()
+            try:
+                event = await self._decode(payload)
+            except Exception:
+                # One unreadable notification must not stop delivery; subscriptions that
+                # missed it see the gap in positions and catch up from the table.
+                logger.exception("could not read an order-event notification")
+                continue
+            if event is not None:
+                self.hub.publish(event)
+
+    async def _decode(self, payload: str) -> StoredEvent | None:
+        data = json.loads(payload)
+        if "ref" not in data:
+            return decode_event(data)
+        row = await OrderEvent.get_or_none(event_id=data["ref"])
+        return None if row is None else StoredEvent.from_row(row)
+
+
+def create_broker(database_url: str) -> Broker:
+    if urlsplit(database_url).scheme in {"postgres", "postgresql", "asyncpg"}:
+        return PostgresBroker(database_url)
+    return LocalBroker()
+
+
+def encode_event(event: StoredEvent) -> str:
+    return json.dumps(
+        {
+            "id": event.id,
+            "a": event.account_id,
+            "o": event.order_id,
+            "v": event.version,
+            "p": event.position,
+            "t": event.event_type,
+            "st": event.state.value,
+            "s": event.service,
+            "ss": event.service_status,
+            "d": event.description,
+            "m": event.metadata,
+            "c": event.created_at.isoformat(),
+            "b": event.created_by,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def decode_event(data: dict[str, Any]) -> StoredEvent:
+    return StoredEvent(
+        id=data["id"],
+        account_id=data["a"],
+        order_id=data["o"],
+        version=data["v"],
+        position=data["p"],
+        event_type=data["t"],
+        state=EventState(data["st"]),
+        service=data["s"],
+        service_status=data["ss"],
+        description=data["d"],
+        metadata=data["m"],
+        created_at=datetime.fromisoformat(data["c"]),
+        created_by=data["b"],
+    )
