@@ -54,6 +54,9 @@ def start_server(env: Mapping[str, str], log: Path, *extra_args: str) -> Server:
                 "--port",
                 str(port),
                 "--no-access-log",
+                # As scripts/serve runs it.
+                "--ws-per-message-deflate",
+                "false",
                 *extra_args,
             ],
             cwd=ROOT,

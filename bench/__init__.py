@@ -1,0 +1,1 @@
+"""Benchmarks: ``scripts/bench`` runs them; nothing here is part of the service."""

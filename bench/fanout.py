@@ -1,0 +1,147 @@
+"""Fan-out: one event to many subscribers on one server process.
+
+Opens N WebSocket connections (one subscription each, all to one order) from several client
+processes, then posts events one at a time and records, in each client, the delay from the
+event's ``createdAt`` (stamped just before its commit) to its receipt. Also reports the
+server's resident memory per idle subscription (RSS delta / N).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect
+
+ACCOUNT = "T12345678"
+ORDER = "fanout-1"
+SUBSCRIBE = (
+    "subscription($a: ID!, $o: ID) { orderEvents(accountId: $a, orderId: $o) "
+    "{ version createdAt } }"
+)
+CREATE = (
+    "mutation($a: ID!, $o: ID!) { createOrderEvent(accountId: $a, orderId: $o, "
+    'event: {service: "bench", serviceStatus: "tick"}) { version createdAt } }'
+)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> None:
+    """One client process: opens ``count`` subscriptions, then records delays until told."""
+    ws_url = url.replace("http", "ws", 1) + "/graphql"
+    delays: list[float] = []
+    ready = 0
+
+    async def one() -> None:
+        nonlocal ready
+        async with connect(ws_url, subprotocols=["graphql-transport-ws"], max_size=None) as ws:
+            await ws.send(json.dumps({"type": "connection_init",
+                                      "payload": {"Authorization": f"Bearer {token}"}}))
+            ack = json.loads(await ws.recv())
+            assert ack["type"] == "connection_ack", ack
+            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {
+                "query": SUBSCRIBE, "variables": {"a": ACCOUNT, "o": ORDER}}}))
+            ready += 1
+            async for raw in ws:
+                received = time.time()
+                message = json.loads(raw)
+                if message["type"] == "next":
+                    created = message["payload"]["data"]["orderEvents"]["createdAt"]
+                    delays.append(received - datetime.fromisoformat(created).timestamp())
+                elif message["type"] == "ping":
+                    await ws.send(json.dumps({"type": "pong"}))
+
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(one()))
+        if len(tasks) % 100 == 0:
+            await asyncio.sleep(0.05)  # don't stampede the server's accept queue
+    while ready < count:
+        await asyncio.sleep(0.05)
+    pipe.send("ready")
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "report"
+    pipe.send(delays)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _client_process(url: str, token: str, count: int, pipe: Connection) -> None:
+    asyncio.run(_subscribers(url, token, count, pipe))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def measure(
+    url: str, server_pid: int, token: str, subscribers: int, events: int, clients: int
+) -> dict[str, Any]:
+    """Runs one fan-out measurement against a running server; returns its figures."""
+    before = rss_kib(server_pid)
+    context = multiprocessing.get_context("spawn")
+    pipes, processes = [], []
+    share = [subscribers // clients + (1 if i < subscribers % clients else 0)
+             for i in range(clients)]
+    for count in share:
+        parent, child = context.Pipe()
+        process = context.Process(target=_client_process, args=(url, token, count, child))
+        process.start()
+        pipes.append(parent)
+        processes.append(process)
+    for pipe in pipes:
+        if not pipe.poll(120):
+            raise RuntimeError("subscribers did not connect within 120 s")
+        assert pipe.recv() == "ready"
+    time.sleep(1.0)  # let the last subscriptions reach the hub, and memory settle
+    after = rss_kib(server_pid)
+
+    headers = {"authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        for _ in range(events):
+            body = http.post("/graphql", json={"query": CREATE,
+                                               "variables": {"a": ACCOUNT, "o": ORDER}}).json()
+            assert "errors" not in body, body
+            time.sleep(0.25 if subscribers >= 5000 else 0.1)
+    time.sleep(2.0)
+
+    delays: list[float] = []
+    for pipe in pipes:
+        pipe.send("report")
+        delays.extend(pipe.recv())
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+    expected = subscribers * events
+    return {
+        "subscribers": subscribers,
+        "events": events,
+        "deliveries": len(delays),
+        "missing": expected - len(delays),
+        "p50_ms": round(statistics.median(delays) * 1000, 1) if delays else None,
+        "p99_ms": round(percentile(delays, 0.99) * 1000, 1) if delays else None,
+        "max_ms": round(max(delays) * 1000, 1) if delays else None,
+        "rss_delta_kib": after - before,
+        "kib_per_subscription": round((after - before) / subscribers, 2),
+        "client_processes": clients,
+        "cpu_count": os.cpu_count(),
+    }
