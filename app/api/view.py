@@ -22,6 +22,7 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLHTTPResponse
 from strawberry.schema import BaseSchema
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
@@ -77,7 +78,12 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             response = await self.run(request)
         except HTTPException as error:
-            response = _request_error(error.reason, error.status_code)
+            if isinstance(error.__cause__, InvalidOperationTypeError):
+                # GraphQL over HTTP: a mutation sent with GET is 405, naming the method to use.
+                response = _request_error(error.reason, 405)
+                response.headers["allow"] = "POST"
+            else:
+                response = _request_error(error.reason, error.status_code)
         except MissingQueryError:
             response = _request_error("No GraphQL query found in the request", 400)
         response.headers["x-request-id"] = request.state.request_id
