@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -103,6 +104,7 @@ class EventPage:
 # the same cursor resumes an order's stream (by version) and an account's stream (by position).
 
 _CURSOR_PREFIX = "1:"
+_CURSOR = re.compile(r"1:([0-9]{1,19}):([0-9]{1,10})")
 
 
 def encode_cursor(position: int, version: int) -> str:
@@ -115,10 +117,10 @@ def decode_cursor(cursor: str, field: str = "after") -> tuple[int, int]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
-        if not text.startswith(_CURSOR_PREFIX):
+        match = _CURSOR.fullmatch(text)
+        if match is None:
             raise ValueError(text)
-        position_text, version_text = text[len(_CURSOR_PREFIX) :].split(":")
-        position, version = int(position_text), int(version_text)
+        position, version = int(match[1]), int(match[2])
         if position < 1 or version < 1:
             raise ValueError(text)
     except (ValueError, UnicodeError, binascii.Error):

@@ -51,12 +51,22 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
     async def one() -> None:
         nonlocal ready
         async with connect(ws_url, subprotocols=["graphql-transport-ws"], max_size=None) as ws:
-            await ws.send(json.dumps({"type": "connection_init",
-                                      "payload": {"Authorization": f"Bearer {token}"}}))
+            await ws.send(
+                json.dumps(
+                    {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
+                )
+            )
             ack = json.loads(await ws.recv())
             assert ack["type"] == "connection_ack", ack
-            await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {
-                "query": SUBSCRIBE, "variables": {"a": ACCOUNT, "o": ORDER}}}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "id": "1",
+                        "type": "subscribe",
+                        "payload": {"query": SUBSCRIBE, "variables": {"a": ACCOUNT, "o": ORDER}},
+                    }
+                )
+            )
             ready += 1
             async for raw in ws:
                 received = time.time()
@@ -99,8 +109,9 @@ def measure(
     before = rss_kib(server_pid)
     context = multiprocessing.get_context("spawn")
     pipes, processes = [], []
-    share = [subscribers // clients + (1 if i < subscribers % clients else 0)
-             for i in range(clients)]
+    share = [
+        subscribers // clients + (1 if i < subscribers % clients else 0) for i in range(clients)
+    ]
     for count in share:
         parent, child = context.Pipe()
         process = context.Process(target=_client_process, args=(url, token, count, child))
@@ -117,8 +128,9 @@ def measure(
     headers = {"authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
         for _ in range(events):
-            body = http.post("/graphql", json={"query": CREATE,
-                                               "variables": {"a": ACCOUNT, "o": ORDER}}).json()
+            body = http.post(
+                "/graphql", json={"query": CREATE, "variables": {"a": ACCOUNT, "o": ORDER}}
+            ).json()
             assert "errors" not in body, body
             time.sleep(0.25 if subscribers >= 5000 else 0.1)
     time.sleep(2.0)

@@ -39,7 +39,12 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def start_server(env: Mapping[str, str], log: Path, *extra_args: str) -> Server:
+def start_server(
+    env: Mapping[str, str],
+    log: Path,
+    *extra_args: str,
+    factory: str = "app.main:create_app_from_env",
+) -> Server:
     port = free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -48,7 +53,7 @@ def start_server(env: Mapping[str, str], log: Path, *extra_args: str) -> Server:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "app.main:create_app_from_env",
+                factory,
                 "--host",
                 "127.0.0.1",
                 "--port",
