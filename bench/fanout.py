@@ -47,6 +47,7 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
     ws_url = url.replace("http", "ws", 1) + "/graphql"
     delays: list[float] = []
     ready = 0
+    all_ready = asyncio.Event()
 
     async def one() -> None:
         nonlocal ready
@@ -68,6 +69,8 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
                 )
             )
             ready += 1
+            if ready == count:
+                all_ready.set()
             async for raw in ws:
                 received = time.time()
                 message = json.loads(raw)
@@ -82,8 +85,7 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
         tasks.append(asyncio.create_task(one()))
         if len(tasks) % 100 == 0:
             await asyncio.sleep(0.05)  # don't stampede the server's accept queue
-    while ready < count:
-        await asyncio.sleep(0.05)
+    await all_ready.wait()
     pipe.send("ready")
     await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "report"
     pipe.send(delays)
