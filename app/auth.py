@@ -30,6 +30,7 @@ import re
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,9 @@ ANY_SEGMENT = "ANY"
 # tens to hundreds of milliseconds), its signatures are 64 bytes instead of 256, and ES256 is
 # in the default algorithm list.
 LOCAL_ALGORITHM = "ES256"
+
+# How many verified tokens to remember (a few hundred bytes each).
+VERIFIED_TOKENS_KEPT = 10_000
 
 # Keys load inside a request (the first one, or one naming an unknown key): keep its wait short.
 JWKS_TIMEOUT_SECONDS = 5.0
@@ -168,8 +172,26 @@ class TokenValidator:
         )
         self._jwks: dict[str, Any] | None = None
         self._key_set: KeySet | None = None
+        # Devices send the same token with every request until it expires: verifying its
+        # signature once is enough. Keyed by the exact token text, so a hit is a token whose
+        # signature and claims were checked; only its expiry needs checking again.
+        self._verified: OrderedDict[str, Principal] = OrderedDict()
 
     async def validate(self, token: str) -> Principal:
+        principal = self._verified.get(token)
+        if principal is not None:
+            if time.time() > principal.expires_at + self._settings.token_leeway_seconds:
+                del self._verified[token]
+                raise TokenError("token expired")
+            self._verified.move_to_end(token)
+            return principal
+        principal = await self._verify(token)
+        self._verified[token] = principal
+        if len(self._verified) > VERIFIED_TOKENS_KEPT:
+            self._verified.popitem(last=False)
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         try:
             decoded = self._decode(token, await self._current_keys(refresh=False))
         except _UnknownKeyError:

@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -111,6 +112,42 @@ async def test_valid_token_gives_its_principal(
     assert principal.account_id == ACCOUNT
     assert principal.scopes == {"write:shopping", "read:shopping"}
     assert time.time() + 3500 < principal.expires_at <= time.time() + 3600
+
+
+class CountingKeys(FakeKeys):
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        super().__init__(jwks)
+        self.asked = 0
+
+    async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        self.asked += 1
+        return await super().get_jwks(refresh=refresh)
+
+
+async def test_a_token_is_verified_once_then_remembered(
+    settings: Settings, issuer: LocalIssuer
+) -> None:
+    keys = CountingKeys(issuer.jwks())
+    validator = TokenValidator(settings, keys)
+    token = issuer.mint(account_id=ACCOUNT, scope="read:shopping")
+
+    first = await validator.validate(token)
+    second = await validator.validate(token)
+
+    assert second == first
+    assert keys.asked == 1
+
+
+async def test_a_remembered_token_still_expires(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", token_leeway_seconds=0)
+    issuer = LocalIssuer.load_or_create(settings)
+    validator = TokenValidator(settings, issuer)
+    token = issuer.mint(account_id=ACCOUNT, scope="read:shopping", ttl_seconds=1)
+    await validator.validate(token)
+
+    await asyncio.sleep(1.2)
+
+    assert await rejection(validator, token) == "token expired"
 
 
 async def test_scope_may_be_a_json_list(settings: Settings) -> None:
