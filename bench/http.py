@@ -1,0 +1,180 @@
+"""Write and read throughput of the service beside the baseline, and how they change as the
+table grows, and with more worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
+
+from bench import harness, load
+from tests.servers import Server
+
+SERVICE_WRITE = json.dumps(
+    {
+        "query": 'mutation($o: ID!) { createOrderEvent(accountId: "T12345678", orderId: $o, '
+        'event: {service: "kitchen", serviceStatus: "ready_for_pickup", '
+        'description: "food prepared"}) { id version createdAt } }',
+        "variables": {"o": "{order}"},
+    }
+)
+BASELINE_WRITE = json.dumps(
+    {
+        "accountId": "T12345678",
+        "orderId": "{order}",
+        "service": "kitchen",
+        "serviceStatus": "ready_for_pickup",
+        "description": "food prepared",
+    }
+)
+SERVICE_READ = (
+    "/graphql?query=query(%24o%3AID!)%7BorderEvents(accountId%3A%22T12345678%22%2C"
+    "orderId%3A%24o%2Cfirst%3A20)%7Bstate%20events%7Bid%20version%20service%20"
+    "serviceStatus%20createdAt%7D%7D%7D&variables=%7B%22o%22%3A%22{order}%22%7D"
+)
+BASELINE_READ = "/accounts/T12345678/orders/{order}/events?first=20"
+ORDERS = 200
+
+
+def write(target: Server, token: str | None, seconds: int, connections: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return load.run(
+        target.url,
+        method="POST",
+        path="/graphql" if token else "/events",
+        body=SERVICE_WRITE if token else BASELINE_WRITE,
+        headers=headers,
+        orders=ORDERS,
+        connections=connections,
+        seconds=seconds,
+    )
+
+
+def read(target: Server, token: str | None, seconds: int, connections: int) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return load.run(
+        target.url,
+        method="GET",
+        path=SERVICE_READ if token else BASELINE_READ,
+        body=None,
+        headers=headers,
+        orders=ORDERS,
+        connections=connections,
+        seconds=seconds,
+    )
+
+
+def side_by_side(
+    kind: str, workdir: Path, token: str, seconds: int, connections: int
+) -> dict[str, Any]:
+    """The baseline and the service, each on a fresh database, one after the other."""
+    with harness.database(kind, workdir) as url, harness.baseline(url, workdir) as running:
+        baseline = {
+            "write": write(running, None, seconds, connections),
+            "read": read(running, None, seconds, connections),
+        }
+    with harness.database(kind, workdir) as url, harness.service(url, workdir) as running:
+        service = {
+            "write": write(running, token, seconds, connections),
+            "read": read(running, token, seconds, connections),
+        }
+    return {
+        "database": kind,
+        "connections": connections,
+        "seconds": seconds,
+        "baseline": baseline,
+        "service": service,
+        "write_ratio": round(service["write"]["rps"] / baseline["write"]["rps"], 2),
+        "read_ratio": round(service["read"]["rps"] / baseline["read"]["rps"], 2),
+    }
+
+
+def growth(kind: str, workdir: Path, token: str, sizes: list[int], seconds: int) -> dict[str, Any]:
+    """Append and read latency with ``sizes`` events already in the table."""
+    figures: dict[str, Any] = {"database": kind, "sizes": {}}
+    for size in sizes:
+        with harness.database(kind, workdir) as url:
+            harness.seed(url, size)
+            with harness.service(url, workdir) as running:
+                figures["sizes"][str(size)] = {
+                    "write": write(running, token, seconds, connections=8),
+                    "read": read(running, token, seconds, connections=8),
+                }
+    small, large = (figures["sizes"][str(size)] for size in (min(sizes), max(sizes)))
+    for phase in ("write", "read"):
+        for stat in ("p50_ms", "p99_ms"):
+            figures[f"{phase}_{stat}_ratio"] = round(large[phase][stat] / small[phase][stat], 2)
+    return figures
+
+
+def workers(workdir: Path, token: str, seconds: int, connections: int) -> dict[str, Any]:
+    """PostgreSQL write throughput with one and two worker processes, and delivery of events
+    written through any worker to a subscriber on one of them."""
+    figures: dict[str, Any] = {"database": "postgres"}
+    for count in (1, 2):
+        with (
+            harness.database("postgres", workdir) as url,
+            harness.service(url, workdir, "--workers", str(count)) as running,
+        ):
+            figures[f"workers_{count}"] = write(running, token, seconds, connections)
+            if count == 2:
+                figures["cross_worker_delivery"] = _cross_worker_delivery(running, token)
+    figures["ratio_2_to_1"] = round(figures["workers_2"]["rps"] / figures["workers_1"]["rps"], 2)
+    return figures
+
+
+def _cross_worker_delivery(running: Server, token: str, events: int = 40) -> dict[str, Any]:
+    """Subscribers on several connections (so, very likely, on both workers); events posted
+    over fresh connections (so through both): every subscriber must get every event."""
+    return asyncio.run(_deliver(running.url, token, events))
+
+
+async def _deliver(url: str, token: str, events: int) -> dict[str, Any]:
+    subscribe = {
+        "id": "1",
+        "type": "subscribe",
+        "payload": {
+            "query": 'subscription { orderEvents(accountId: "T12345678", orderId: "cross") '
+            "{ version } }"
+        },
+    }
+    sockets = []
+    for _ in range(4):
+        ws = await connect(
+            url.replace("http", "ws", 1) + "/graphql",
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+        )
+        await ws.send(
+            json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}})
+        )
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send(json.dumps(subscribe))
+        sockets.append(ws)
+    await asyncio.sleep(0.5)
+    for _ in range(events):
+        async with httpx.AsyncClient(base_url=url) as http:
+            response = await http.post(
+                "/graphql",
+                content=SERVICE_WRITE.replace("{order}", "cross"),
+                headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            )
+            assert "errors" not in response.json(), response.text
+    received = []
+    for ws in sockets:
+        versions = []
+        while len(versions) < events:
+            message = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
+            if message["type"] == "next":
+                versions.append(message["payload"]["data"]["orderEvents"]["version"])
+        received.append(versions)
+        await ws.close()
+    return {
+        "subscribers": len(sockets),
+        "events": events,
+        "all_received_in_order": all(r == list(range(1, events + 1)) for r in received),
+    }
