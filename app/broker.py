@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +32,6 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 
 from app.events import StoredEvent
 from app.models import EventState, OrderEvent
-from app.sql import placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -155,20 +154,23 @@ class Broker:
     async def stop(self) -> None:
         return None
 
-    async def in_transaction(self, connection: BaseDBAsyncClient, event: StoredEvent) -> None:
-        """Called inside the writer's transaction, after the event's row is written."""
+    async def in_transaction(
+        self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
+    ) -> None:
+        """Called inside the writer's transaction, after the events' rows are written."""
         return None
 
-    def after_commit(self, event: StoredEvent) -> None:
+    def after_commit(self, events: Sequence[StoredEvent]) -> None:
         """Called by the writer right after its transaction committed."""
         return None
 
 
 class LocalBroker(Broker):
-    def after_commit(self, event: StoredEvent) -> None:
+    def after_commit(self, events: Sequence[StoredEvent]) -> None:
         # Called with no await since the commit: SQLite commits one writer at a time, so
         # events reach the hub in commit order.
-        self.hub.publish(event)
+        for event in events:
+            self.hub.publish(event)
 
 
 class PostgresBroker(Broker):
@@ -209,12 +211,21 @@ class PostgresBroker(Broker):
                     await task
         await self._disconnect()
 
-    async def in_transaction(self, connection: BaseDBAsyncClient, event: StoredEvent) -> None:
-        payload = encode_event(event)
-        if len(payload.encode()) > MAX_PAYLOAD:
-            payload = json.dumps({"ref": event.id})
-        sql = placeholders(connection, "SELECT pg_notify(?, ?)")
-        await connection.execute_query(sql, [CHANNEL, payload])
+    async def in_transaction(
+        self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
+    ) -> None:
+        payloads = []
+        for event in events:
+            payload = encode_event(event)
+            if len(payload.encode()) > MAX_PAYLOAD:
+                payload = json.dumps({"ref": event.id})
+            payloads.append(payload)
+        # One statement for the whole batch; unnest yields the payloads in array order, and
+        # notifications of one transaction are delivered in the order they were sent.
+        await connection.execute_query(
+            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
+            [CHANNEL, payloads],
+        )
 
     # The listening connection -------------------------------------------------------------
 

@@ -96,7 +96,7 @@ class SlowConsumer(ServiceError):
 
     code = "RATE_LIMITED"
 
-    def __init__(self, resume_after: str | None) -> None:
+    def __init__(self, resume_after: str) -> None:
         super().__init__(
             "this subscription fell too far behind and was ended; subscribe again with "
             "`after` set to the cursor of the last event received (extensions.resumeAfter)"

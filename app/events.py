@@ -12,19 +12,20 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
-from tortoise.transactions import in_transaction
 
 from app import idempotency, validation
 from app.auth import Principal
 from app.errors import BadUserInput, Conflict, FieldError, Forbidden
 from app.models import EventState, OrderEvent
 from app.sql import placeholders
+
+if TYPE_CHECKING:
+    from app.writer import EventWriter
 
 SERVICE_EVENT = "service-event"
 
@@ -83,14 +84,6 @@ class StoredEvent:
         )
 
 
-class Publisher(Protocol):
-    """Hands committed events to live subscribers (``app.broker``)."""
-
-    async def in_transaction(self, connection: BaseDBAsyncClient, event: StoredEvent) -> None: ...
-
-    def after_commit(self, event: StoredEvent) -> None: ...
-
-
 @dataclass(frozen=True)
 class EventPage:
     events: list[StoredEvent]
@@ -105,6 +98,8 @@ class EventPage:
 
 _CURSOR_PREFIX = "1:"
 _CURSOR = re.compile(r"1:([0-9]{1,19}):([0-9]{1,10})")
+# Before the first event of any stream: where a watcher that has seen nothing resumes.
+START_CURSOR = "MTowOjA"  # encode_cursor(0, 0)
 
 
 def encode_cursor(position: int, version: int) -> str:
@@ -121,8 +116,6 @@ def decode_cursor(cursor: str, field: str = "after") -> tuple[int, int]:
         if match is None:
             raise ValueError(text)
         position, version = int(match[1]), int(match[2])
-        if position < 1 or version < 1:
-            raise ValueError(text)
     except (ValueError, UnicodeError, binascii.Error):
         raise BadUserInput([FieldError(field, "is not a cursor returned by this API")]) from None
     return position, version
@@ -181,7 +174,7 @@ async def create_event(
     idempotency_key: str | None = None,
     expected_version: int | None = None,
     key_ttl_seconds: int = 86400,
-    publisher: Publisher | None = None,
+    writer: EventWriter,
 ) -> StoredEvent:
     """Appends ``event`` to the order's stream and returns it as stored (after commit).
 
@@ -200,7 +193,7 @@ async def create_event(
     )
     key = None
     if idempotency_key is not None:
-        key = _Key(
+        key = idempotency.Key(
             account_id=account_id,
             subject=principal.subject,
             key=idempotency_key,
@@ -230,73 +223,19 @@ async def create_event(
         created_by=principal.subject,
     )
     try:
-        stored = await _append(row, key, expected_version, publisher)
-    except _KeyTaken:
+        return await writer.append(row, key=key, expected_version=expected_version)
+    except idempotency.KeyTaken:
         assert key is not None
         if replayed := await _replay(key):
             return replayed
         # The claim that beat this request expired in the meantime: nothing to replay.
-        stored = await _append(row, key, expected_version, publisher)
-    if publisher is not None:
-        publisher.after_commit(stored)
-    return stored
+        return await writer.append(row, key=key, expected_version=expected_version)
 
 
-@dataclass(frozen=True)
-class _Key:
-    account_id: str
-    subject: str
-    key: str
-    request_hash: str
-    ttl_seconds: int
-
-
-async def _append(
-    row: OrderEvent, key: _Key | None, expected_version: int | None, publisher: Publisher | None
-) -> StoredEvent:
-    """Stores ``row`` as the next event of its order, setting its version, position and time."""
-    async with in_transaction() as connection:
-        if key is not None and not await idempotency.claim(
-            connection,
-            account_id=key.account_id,
-            subject=key.subject,
-            key=key.key,
-            request_hash=key.request_hash,
-            ttl_seconds=key.ttl_seconds,
-        ):
-            raise _KeyTaken()
-        # Account first, then order: every writer takes the two row locks in the same order.
-        position = await _next_position(connection, row.account_id)
-        version = await _next_version(connection, row.account_id, row.order_id)
-        if expected_version is not None and version - 1 != expected_version:
-            # Raising rolls back the version bump and the key claim with it.
-            raise Conflict(
-                f"expected order version {expected_version}, but it is at {version - 1}",
-                currentVersion=version - 1,
-                expectedVersion=expected_version,
-            )
-        row.version = version
-        row.position = position
-        row.created_at = datetime.now(UTC)
-        await row.save(using_db=connection, force_create=True)
-        if key is not None:
-            await idempotency.record_event(
-                connection,
-                account_id=key.account_id,
-                subject=key.subject,
-                key=key.key,
-                event_seq=row.seq,
-            )
-        stored = StoredEvent.from_row(row)
-        if publisher is not None:
-            await publisher.in_transaction(connection, stored)
-    return stored
-
-
-async def _replay(key: _Key) -> StoredEvent | None:
+async def _replay(key: idempotency.Key) -> StoredEvent | None:
     """The event stored by an earlier request with ``key``; a conflict if that request
     was a different one."""
-    claimed = await idempotency.find(account_id=key.account_id, subject=key.subject, key=key.key)
+    claimed = await idempotency.find(key)
     if claimed is None or claimed.event_seq is None:
         return None
     if claimed.request_hash != key.request_hash:
@@ -307,30 +246,6 @@ async def _replay(key: _Key) -> StoredEvent | None:
         )
     row = await OrderEvent.get(seq=claimed.event_seq)
     return StoredEvent.from_row(row)
-
-
-async def _next_position(connection: BaseDBAsyncClient, account_id: str) -> int:
-    sql = placeholders(
-        connection,
-        "INSERT INTO account_streams (account_id, position) VALUES (?, 1) "
-        "ON CONFLICT (account_id) "
-        "DO UPDATE SET position = account_streams.position + 1 RETURNING position",
-    )
-    rows = await connection.execute_query_dict(sql, [account_id])
-    return int(rows[0]["position"])
-
-
-async def _next_version(connection: BaseDBAsyncClient, account_id: str, order_id: str) -> int:
-    # The upsert locks the order's head row until commit (PostgreSQL) or runs inside SQLite's
-    # single writer, so concurrent appends to one order take consecutive versions.
-    sql = placeholders(
-        connection,
-        "INSERT INTO order_streams (account_id, order_id, version) VALUES (?, ?, 1) "
-        "ON CONFLICT (account_id, order_id) "
-        "DO UPDATE SET version = order_streams.version + 1 RETURNING version",
-    )
-    rows = await connection.execute_query_dict(sql, [account_id, order_id])
-    return int(rows[0]["version"])
 
 
 # Reading -----------------------------------------------------------------------------------
@@ -366,13 +281,8 @@ async def list_events(
         f"reading events of order {order_id!r}",
     )
 
-    rows = (
-        await OrderEvent.filter(account_id=account_id, order_id=order_id, version__gt=after_version)
-        .order_by("version")
-        .limit(first + 1)
-    )
-    events = [StoredEvent.from_row(row) for row in rows[:first]]
-    state = await combined_state(account_id, order_id)
+    state, rows = await read_page(account_id, order_id, after_version, first + 1)
+    events = rows[:first]
     return EventPage(
         events=events,
         state=state,
@@ -381,13 +291,20 @@ async def list_events(
     )
 
 
-async def combined_state(account_id: str, order_id: str) -> EventState:
-    """``failure`` if any event failed; ``pending`` if there are none or any service's latest
-    event is pending; otherwise ``success``."""
+async def read_page(
+    account_id: str, order_id: str, after_version: int, limit: int
+) -> tuple[EventState, list[StoredEvent]]:
+    """The order's combined state and up to ``limit`` of its events after ``after_version``,
+    in one round trip.
+
+    Combined state: ``failure`` if any event failed; ``pending`` if there are none or any
+    service's latest event is pending; otherwise ``success``. The flags row is joined to the
+    page, so it comes back even when the page is empty.
+    """
     connection = get_connection("default")
     sql = placeholders(
         connection,
-        "SELECT "
+        "SELECT flags.failed, flags.pending, flags.any_event, page.* FROM (SELECT"
         " EXISTS (SELECT 1 FROM order_events"
         "  WHERE account_id = ? AND order_id = ? AND state IN ('error', 'failure')) AS failed,"
         " EXISTS (SELECT 1 FROM order_events e"
@@ -396,13 +313,45 @@ async def combined_state(account_id: str, order_id: str) -> EventState:
         "   WHERE later.account_id = e.account_id AND later.order_id = e.order_id"
         "   AND later.service = e.service AND later.version > e.version)) AS pending,"
         " EXISTS (SELECT 1 FROM order_events"
-        "  WHERE account_id = ? AND order_id = ?) AS any_event",
+        "  WHERE account_id = ? AND order_id = ?) AS any_event"
+        ") AS flags LEFT JOIN ("
+        " SELECT event_id, account_id, order_id, version, position, event_type, state,"
+        " service, service_status, description, metadata, created_at, created_by"
+        " FROM order_events"
+        "  WHERE account_id = ? AND order_id = ? AND version > ? ORDER BY version LIMIT ?"
+        ") AS page ON 1 = 1 ORDER BY page.version",
     )
-    rows = await connection.execute_query_dict(sql, [account_id, order_id] * 3)
-    return state_from_flags(
-        failed=bool(rows[0]["failed"]),
-        pending=bool(rows[0]["pending"]),
-        empty=not rows[0]["any_event"],
+    records = await connection.execute_query_dict(
+        sql, [account_id, order_id] * 4 + [after_version, limit]
+    )
+    first = records[0]
+    state = state_from_flags(
+        failed=bool(first["failed"]), pending=bool(first["pending"]), empty=not first["any_event"]
+    )
+    if first["event_id"] is None:
+        return state, []
+    return state, [_event_from_record(record) for record in records]
+
+
+def _event_from_record(record: dict[str, Any]) -> StoredEvent:
+    created_at = record["created_at"]
+    if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
+        created_at = datetime.fromisoformat(created_at)
+    metadata = record["metadata"]
+    return StoredEvent(
+        id=record["event_id"],
+        account_id=record["account_id"],
+        order_id=record["order_id"],
+        version=record["version"],
+        position=record["position"],
+        event_type=record["event_type"],
+        state=EventState(record["state"]),
+        service=record["service"],
+        service_status=record["service_status"],
+        description=record["description"],
+        metadata=None if metadata is None else json.loads(metadata),
+        created_at=created_at,
+        created_by=record["created_by"],
     )
 
 

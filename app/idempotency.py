@@ -28,7 +28,22 @@ PURGE_BATCH = 1000
 
 
 @dataclass(frozen=True)
-class KeyClaim:
+class Key:
+    """A request's idempotency key, and what identifies the request."""
+
+    account_id: str
+    subject: str
+    key: str
+    request_hash: str
+    ttl_seconds: int
+
+
+class KeyTaken(Exception):
+    """Another request holds the key: replay what it stored."""
+
+
+@dataclass(frozen=True)
+class StoredClaim:
     """A key claimed earlier: the request it was used for, and the event it created."""
 
     request_hash: str
@@ -41,15 +56,7 @@ def fingerprint(**request: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-async def claim(
-    connection: BaseDBAsyncClient,
-    *,
-    account_id: str,
-    subject: str,
-    key: str,
-    request_hash: str,
-    ttl_seconds: int,
-) -> bool:
+async def claim(connection: BaseDBAsyncClient, key: Key) -> bool:
     """Claims ``key`` in the caller's transaction; False when a live claim already holds it.
 
     An expired claim that was not purged yet is taken over, as if it were gone.
@@ -67,23 +74,21 @@ async def claim(
         " RETURNING id",
     )
     rows = await connection.execute_query_dict(
-        sql, [account_id, subject, key, request_hash, now + ttl_seconds, now]
+        sql, [key.account_id, key.subject, key.key, key.request_hash, now + key.ttl_seconds, now]
     )
     return bool(rows)
 
 
-async def record_event(
-    connection: BaseDBAsyncClient, *, account_id: str, subject: str, key: str, event_seq: int
-) -> None:
+async def record_event(connection: BaseDBAsyncClient, key: Key, event_seq: int) -> None:
     sql = placeholders(
         connection,
         "UPDATE idempotency_keys SET event_seq = ?"
         " WHERE account_id = ? AND subject = ? AND key = ?",
     )
-    await connection.execute_query(sql, [event_seq, account_id, subject, key])
+    await connection.execute_query(sql, [event_seq, key.account_id, key.subject, key.key])
 
 
-async def find(*, account_id: str, subject: str, key: str) -> KeyClaim | None:
+async def find(key: Key) -> StoredClaim | None:
     """The live claim on ``key``, if any."""
     connection = get_connection("default")
     sql = placeholders(
@@ -91,11 +96,13 @@ async def find(*, account_id: str, subject: str, key: str) -> KeyClaim | None:
         "SELECT request_hash, event_seq FROM idempotency_keys"
         " WHERE account_id = ? AND subject = ? AND key = ? AND expires_at > ?",
     )
-    rows = await connection.execute_query_dict(sql, [account_id, subject, key, int(time.time())])
+    rows = await connection.execute_query_dict(
+        sql, [key.account_id, key.subject, key.key, int(time.time())]
+    )
     if not rows:
         return None
     seq = rows[0]["event_seq"]
-    return KeyClaim(
+    return StoredClaim(
         request_hash=rows[0]["request_hash"], event_seq=None if seq is None else int(seq)
     )
 

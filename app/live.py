@@ -31,7 +31,7 @@ class _Progress:
     """What a watcher has delivered: the last number and that event's cursor."""
 
     number: int
-    cursor: str | None
+    cursor: str
 
 
 def _number(event: StoredEvent, order_id: str | None) -> int:
@@ -77,10 +77,11 @@ async def watch(
     try:
         if start is None:
             last = await events.latest(account_id, order_id)
-            progress = _Progress(0, None)
+            progress = _Progress(0, events.START_CURSOR)
             if last is not None:
                 progress = _Progress(_number(last, order_id), last.cursor)
         else:
+            assert after is not None
             position, version = start
             progress = _Progress(position if order_id is None else version, after)
 

@@ -22,12 +22,15 @@ from app.db import tortoise_config
 from app.graphiql import graphiql_routes
 from app.settings import Settings
 from app.shutdown import drain_on_signals
+from app.writer import EventWriter
 
 
 def create_app(settings: Settings) -> Starlette:
     keys = key_source(settings)
     broker = create_broker(settings.database_url)
-    graphql = GraphQLApp(schema, settings, TokenValidator(settings, keys), broker)
+    graphql = GraphQLApp(
+        schema, settings, TokenValidator(settings, keys), broker, EventWriter(broker)
+    )
 
     routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["GET", "POST"]),

@@ -210,7 +210,7 @@ def broken_state(monkeypatch: pytest.MonkeyPatch) -> None:
     async def fail(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret SQL detail: SELECT * FROM order_events")
 
-    monkeypatch.setattr(app.events, "combined_state", fail)
+    monkeypatch.setattr(app.events, "read_page", fail)
 
 
 @pytest.mark.usefixtures("broken_state")

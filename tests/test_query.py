@@ -210,7 +210,7 @@ def _b64(text: str) -> str:
         pytest.param("", id="empty"),
         pytest.param("!!!", id="not-base64"),
         pytest.param(_b64("hello"), id="base64-of-something-else"),
-        pytest.param(_b64("1:0:0"), id="zero-position"),
+        pytest.param(_b64("1:-1:2"), id="negative-position"),
         pytest.param(_b64("1:5"), id="missing-part"),
         pytest.param(_b64("9:1:1"), id="unknown-format"),
     ],

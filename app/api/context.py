@@ -13,6 +13,7 @@ from app.auth import Principal
 from app.broker import Broker
 from app.errors import Unauthenticated
 from app.settings import Settings
+from app.writer import EventWriter
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Context:
     response: Response | WebSocket | None
     settings: Settings
     broker: Broker
+    writer: EventWriter
     request_id: str
     principal: Principal | None = None
     # Why the presented token was refused; None when there was no token or it was fine.

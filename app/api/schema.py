@@ -117,7 +117,7 @@ class Mutation:
             idempotency_key=idempotency_key,
             expected_version=expected_version,
             key_ttl_seconds=context.settings.idempotency_key_ttl_seconds,
-            publisher=context.broker,
+            writer=context.writer,
         )
         return OrderStatusEvent.from_event(stored, context.settings.public_url)
 

@@ -33,6 +33,7 @@ from app.auth import KeySourceError, TokenError, TokenValidator
 from app.broker import Broker
 from app.graphiql import graphiql_html
 from app.settings import Settings
+from app.writer import EventWriter
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
@@ -45,6 +46,7 @@ class GraphQLApp(GraphQL[Context, None]):
         settings: Settings,
         validator: TokenValidator,
         broker: Broker,
+        writer: EventWriter,
     ) -> None:
         super().__init__(
             schema,
@@ -58,6 +60,7 @@ class GraphQLApp(GraphQL[Context, None]):
         self.settings = settings
         self.validator = validator
         self.broker = broker
+        self.writer = writer
         self.connections = Connections()
         # Handler classes of this app's own, bound to its connections and settings.
         self.graphql_transport_ws_handler_class = type(
@@ -97,6 +100,7 @@ class GraphQLApp(GraphQL[Context, None]):
             response=response,
             settings=self.settings,
             broker=self.broker,
+            writer=self.writer,
             request_id=request_id,
         )
         header = request.headers.get("authorization")

@@ -1,0 +1,182 @@
+"""Storing events: versions, positions, commit, and handing them to live subscribers.
+
+Plain appends are group-committed: while one transaction commits, the appends that arrive
+queue up, and the next transaction stores all of them at once — one commit (one fsync)
+for many events, and a handful of statements whatever their number. Nobody waits for a
+batch to fill: an append that finds the writer idle starts a transaction at once. Each
+request still gets its answer only after its own event is committed.
+
+Appends with an idempotency key or an expected version take a transaction of their own:
+their checks decide, per event, whether it is stored at all.
+
+Either way, an account's head row is bumped first and then its orders' (sorted), so every
+writer takes its row locks in the same order and none can deadlock another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.transactions import in_transaction
+
+from app import idempotency
+from app.errors import Conflict
+from app.events import StoredEvent
+from app.models import OrderEvent
+from app.sql import placeholders
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 200
+
+
+class Publisher(Protocol):
+    """Hands committed events to live subscribers (``app.broker``)."""
+
+    async def in_transaction(
+        self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
+    ) -> None: ...
+
+    def after_commit(self, events: Sequence[StoredEvent]) -> None: ...
+
+
+class EventWriter:
+    def __init__(self, publisher: Publisher | None = None, *, max_batch: int = MAX_BATCH):
+        self._publisher = publisher
+        self._max_batch = max_batch
+        self._queue: list[tuple[OrderEvent, asyncio.Future[StoredEvent]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def append(
+        self,
+        row: OrderEvent,
+        *,
+        key: idempotency.Key | None = None,
+        expected_version: int | None = None,
+    ) -> StoredEvent:
+        """Stores ``row`` as the next event of its order and returns it once committed."""
+        if key is not None or expected_version is not None:
+            stored = await self._append_checked(row, key, expected_version)
+            if self._publisher is not None:
+                self._publisher.after_commit([stored])
+            return stored
+        future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
+        self._queue.append((row, future))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        # Shielded: a client that goes away must not cancel a write others are waiting for.
+        return await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                try:
+                    stored = await self._append_batch([row for row, _ in batch])
+                except Exception as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                if self._publisher is not None:
+                    self._publisher.after_commit(stored)
+                for (_, future), event in zip(batch, stored, strict=True):
+                    if not future.done():
+                        future.set_result(event)
+        finally:
+            self._draining = None
+
+    async def _append_batch(self, rows: list[OrderEvent]) -> list[StoredEvent]:
+        created_at = datetime.now(UTC)
+        async with in_transaction() as connection:
+            by_account: dict[str, list[OrderEvent]] = defaultdict(list)
+            by_order: dict[tuple[str, str], list[OrderEvent]] = defaultdict(list)
+            for row in rows:
+                by_account[row.account_id].append(row)
+                by_order[(row.account_id, row.order_id)].append(row)
+            for account_id in sorted(by_account):
+                members = by_account[account_id]
+                last = await _bump_position(connection, account_id, len(members))
+                for offset, row in enumerate(members):
+                    row.position = last - len(members) + 1 + offset
+            latest = await _bump_versions(
+                connection, {key: len(members) for key, members in sorted(by_order.items())}
+            )
+            for order_key, members in by_order.items():
+                for offset, row in enumerate(members):
+                    row.version = latest[order_key] - len(members) + 1 + offset
+            for row in rows:
+                row.created_at = created_at
+            await OrderEvent.bulk_create(rows, using_db=connection)
+            stored = [StoredEvent.from_row(row) for row in rows]
+            if self._publisher is not None:
+                await self._publisher.in_transaction(connection, stored)
+        return stored
+
+    async def _append_checked(
+        self, row: OrderEvent, key: idempotency.Key | None, expected_version: int | None
+    ) -> StoredEvent:
+        async with in_transaction() as connection:
+            if key is not None and not await idempotency.claim(connection, key):
+                raise idempotency.KeyTaken()
+            position = await _bump_position(connection, row.account_id, 1)
+            version = (await _bump_versions(connection, {(row.account_id, row.order_id): 1}))[
+                (row.account_id, row.order_id)
+            ]
+            if expected_version is not None and version - 1 != expected_version:
+                # Raising rolls back the version bump and the key claim with it.
+                raise Conflict(
+                    f"expected order version {expected_version}, but it is at {version - 1}",
+                    currentVersion=version - 1,
+                    expectedVersion=expected_version,
+                )
+            row.version, row.position = version, position
+            row.created_at = datetime.now(UTC)
+            await row.save(using_db=connection, force_create=True)
+            if key is not None:
+                await idempotency.record_event(connection, key, row.seq)
+            stored = StoredEvent.from_row(row)
+            if self._publisher is not None:
+                await self._publisher.in_transaction(connection, [stored])
+        return stored
+
+
+async def _bump_position(connection: BaseDBAsyncClient, account_id: str, count: int) -> int:
+    """Takes ``count`` positions in the account; returns the last. Locks the account's row
+    until commit (PostgreSQL; SQLite has one writer at a time anyway)."""
+    sql = placeholders(
+        connection,
+        "INSERT INTO account_streams (account_id, position) VALUES (?, ?) "
+        "ON CONFLICT (account_id) "
+        "DO UPDATE SET position = account_streams.position + excluded.position "
+        "RETURNING position",
+    )
+    rows = await connection.execute_query_dict(sql, [account_id, count])
+    return int(rows[0]["position"])
+
+
+async def _bump_versions(
+    connection: BaseDBAsyncClient, counts: dict[tuple[str, str], int]
+) -> dict[tuple[str, str], int]:
+    """Takes ``counts[order]`` versions of each order in one statement; returns the last of
+    each. Rows are locked in the order given: callers pass them sorted."""
+    values = ", ".join("(?, ?, ?)" for _ in counts)
+    sql = placeholders(
+        connection,
+        f"INSERT INTO order_streams (account_id, order_id, version) VALUES {values} "  # noqa: S608
+        "ON CONFLICT (account_id, order_id) "
+        "DO UPDATE SET version = order_streams.version + excluded.version "
+        "RETURNING account_id, order_id, version",
+    )
+    params: list[object] = []
+    for (account_id, order_id), count in counts.items():
+        params.extend((account_id, order_id, count))
+    rows = await connection.execute_query_dict(sql, params)
+    return {(row["account_id"], row["order_id"]): int(row["version"]) for row in rows}
