@@ -179,8 +179,9 @@ class PostgresBroker(Broker):
         database_url: str,
         *,
         check_interval: float = 5.0,
-        reconnect_delay: float = 0.2,
-        max_reconnect_delay: float = 5.0,
+        reconnect_delay: float = 0.1,
+        # Low: while the listener is away, live delivery waits for it even if writes succeed.
+        max_reconnect_delay: float = 1.0,
     ) -> None:
         super().__init__()
         parts = urlsplit(database_url)
@@ -233,9 +234,13 @@ class PostgresBroker(Broker):
         connection = await asyncpg.connect(
             self._dsn, timeout=10, server_settings={"application_name": LISTENER_NAME}
         )
-        self._lost.clear()
-        connection.add_termination_listener(lambda _: self._lost.set())
-        await connection.add_listener(CHANNEL, self._on_notify)
+        try:
+            self._lost.clear()
+            connection.add_termination_listener(lambda _: self._lost.set())
+            await connection.add_listener(CHANNEL, self._on_notify)
+        except BaseException:
+            connection.terminate()
+            raise
         self._connection = connection
         self.connected.set()
         backend = connection.get_server_pid()
@@ -260,7 +265,8 @@ class PostgresBroker(Broker):
                 try:
                     await self._connect()
                     break
-                except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+                except Exception as error:
+                    # Whatever failed, giving up would end live delivery in this process.
                     logger.warning(
                         "reconnecting the listener failed (%s); retry in %.1fs", error, delay
                     )
