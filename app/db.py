@@ -1,37 +1,86 @@
-"""Database configuration and migrations, for SQLite and PostgreSQL alike."""
+"""Database configuration and migrations, for SQLite and PostgreSQL alike; what an outage
+looks like from here.
+
+On PostgreSQL every wait on the database is bounded, so that a request fails with "database
+unavailable" rather than hanging when the server is down or stalled:
+
+- a new connection: ``DB_CONNECT_TIMEOUT_SECONDS`` (asyncpg's ``timeout``);
+- one statement: ``DB_COMMAND_TIMEOUT_SECONDS`` (asyncpg's ``command_timeout``);
+- a free connection from the pool: the same, by ``PostgresClient`` below (Tortoise's own
+  client waits forever, so a stalled server would make requests queue without end).
+
+Tortoise opens the pool on first use, one request at a time under a lock; with connections
+to open at once (``DB_POOL_MIN_SIZE`` above 0) and the server down, requests would queue
+there a connection timeout each, so by default the pool opens empty and connects on demand.
+
+When the server comes back nothing needs restarting: asyncpg's pool replaces a connection
+that died the next time it is handed out.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import pkgutil
+import sqlite3
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 from tortoise import Tortoise
+from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
+from tortoise.backends.base.client import (
+    TransactionalDBClient,
+    TransactionContext,
+    TransactionContextPooled,
+)
 from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.connection import get_connections
+from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate
+
+from app.settings import Settings
 
 MODELS = ["app.models"]
 MIGRATIONS = "app.migrations"
+# The app label of the models, as Tortoise records applied migrations under it.
+APP_LABEL = "models"
+MIGRATIONS_TABLE = "tortoise_migrations"
+ASYNCPG_ENGINE = "tortoise.backends.asyncpg"
 
 
 def is_postgres(database_url: str) -> bool:
     return urlsplit(database_url).scheme in {"postgres", "postgresql", "asyncpg", "psycopg"}
 
 
-def tortoise_config(database_url: str) -> dict[str, Any]:
-    """The Tortoise config for ``database_url``; creates a SQLite file's folder."""
+def tortoise_config(database_url: str, settings: Settings | None = None) -> dict[str, Any]:
+    """The Tortoise config for ``database_url``; creates a SQLite file's folder. Timeouts and
+    pool sizes come from ``settings`` (their defaults without); a value given in the URL's
+    query (``?timeout=3``) wins."""
+    settings = settings or Settings()
     connection = expand_db_url(database_url)
+    credentials = connection["credentials"]
+    if connection["engine"] == ASYNCPG_ENGINE:
+        connection["engine"] = __name__  # PostgresClient, as ``client_class`` below
+        credentials.setdefault("timeout", settings.db_connect_timeout_seconds)
+        # Tortoise leaves this one a string when it comes from the URL; asyncpg wants a number.
+        credentials["command_timeout"] = float(
+            credentials.get("command_timeout", settings.db_command_timeout_seconds)
+        )
+        credentials.setdefault("minsize", settings.db_pool_min_size)
+        credentials.setdefault("maxsize", settings.db_pool_max_size)
     if connection["engine"] == "tortoise.backends.sqlite":
-        path = connection["credentials"]["file_path"]
+        path = credentials["file_path"]
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # FULL: an acknowledged event survives power loss, not just a crash of this process.
-        connection["credentials"].setdefault("synchronous", "FULL")
-        connection["credentials"].setdefault("busy_timeout", 5000)
+        credentials.setdefault("synchronous", "FULL")
+        credentials.setdefault("busy_timeout", 5000)
     return {
         "connections": {"default": connection},
         "apps": {
-            "models": {
+            APP_LABEL: {
                 "models": MODELS,
                 "default_connection": "default",
                 "migrations": MIGRATIONS,
@@ -46,3 +95,109 @@ async def apply_migrations(database_url: str) -> None:
     """Bring the database's schema up to date with ``app/migrations``."""
     await migrate(config=tortoise_config(database_url))
     await Tortoise.close_connections()
+
+
+def known_migrations() -> frozenset[str]:
+    """The names of the migrations in ``app/migrations``, as Tortoise records them."""
+    package = import_module(MIGRATIONS)
+    # The same selection as Tortoise's MigrationLoader.
+    return frozenset(
+        name
+        for _, name, is_package in pkgutil.iter_modules(package.__path__)
+        if not is_package and name[0] not in "_~"
+    )
+
+
+# What an outage looks like ------------------------------------------------------------------
+
+# SQLite's "another connection holds the lock past busy_timeout".
+_SQLITE_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """True when ``error`` (or one it was raised from) says the database could not be
+    reached or did not answer in time, rather than that a statement or the data was wrong:
+    the request may succeed if tried again later."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if _is_outage(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _is_outage(error: BaseException) -> bool:
+    if isinstance(error, OSError | DBConnectionError):
+        # OSError: refused, reset, unreachable, unresolvable; TimeoutError is one too.
+        return True
+    if isinstance(
+        error,
+        asyncpg.InterfaceError  # the connection was lost or closed under the request
+        # The server's goodbye arrived on an idle connection just before it was handed out.
+        | asyncpg.InternalClientError
+        | asyncpg.PostgresConnectionError  # SQLSTATE class 08
+        | asyncpg.OperatorInterventionError  # class 57: shut down, starting up, cancelled
+        | asyncpg.TooManyConnectionsError,
+    ):
+        return True
+    if isinstance(error, sqlite3.OperationalError):
+        return (getattr(error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_BUSY
+    return False
+
+
+# Tortoise's asyncpg client, with a bounded wait for a pooled connection ----------------------
+
+
+class _BoundedPool:
+    """An asyncpg pool as Tortoise uses it, whose ``acquire`` waits at most ``timeout``
+    seconds for a free connection (then raises TimeoutError); the rest is the pool's."""
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return self._pool.acquire(timeout=self._timeout if timeout is None else timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
+class _TransactionContext(TransactionContextPooled):
+    """Tortoise's transaction on a pooled connection, but one whose BEGIN fails (the server
+    went away under it) gives its connection back and forgets itself. Tortoise's keeps the
+    connection checked out, and leaves the failed transaction as the task's current
+    connection, so that the task's next ``in_transaction()`` runs as a savepoint on it."""
+
+    async def __aenter__(self) -> TransactionalDBClient:
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            with contextlib.suppress(AttributeError):  # failed before it was set
+                get_connections().reset(self.token)
+            connection = self.client._connection
+            pool = self.client._parent._pool
+            if connection is not None and pool is not None:
+                # Releasing a broken connection closes it, and may say so by raising.
+                with contextlib.suppress(Exception):
+                    await pool.release(connection)
+            raise
+
+
+class PostgresClient(AsyncpgDBClient):
+    """Tortoise's asyncpg client, but a request waits for a free connection from the pool
+    no longer than one statement may take (``command_timeout``), and a failed BEGIN leaks
+    nothing (``_TransactionContext``)."""
+
+    async def create_pool(self, **kwargs: Any) -> Any:
+        pool = await super().create_pool(**kwargs)
+        return _BoundedPool(pool, kwargs.get("command_timeout"))
+
+    def _in_transaction(self) -> TransactionContext:
+        return _TransactionContext(TransactionWrapper(self), self._pool_init_lock)
+
+
+# Tortoise takes a backend's client class from this name in the module named as its engine.
+client_class = PostgresClient

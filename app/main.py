@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from tortoise.contrib.starlette import RegisterTortoise
 
-from app import idempotency
+from app import health, idempotency
+from app.api import access
 from app.api.schema import schema
 from app.api.view import GraphQLApp
 from app.auth import LocalIssuer, TokenValidator, key_source
@@ -35,7 +38,7 @@ def create_app(settings: Settings) -> Starlette:
     routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
-        Route("/healthz", _healthz),
+        *health.routes(settings.readiness_timeout_seconds),
     ]
     if isinstance(keys, LocalIssuer):
         jwks = keys.jwks()
@@ -49,7 +52,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with RegisterTortoise(app, config=tortoise_config(settings.database_url)):
+        async with RegisterTortoise(app, config=tortoise_config(settings.database_url, settings)):
             await broker.start()
             purger = asyncio.create_task(
                 idempotency.purge_forever(settings.idempotency_purge_interval_seconds)
@@ -66,15 +69,26 @@ def create_app(settings: Settings) -> Starlette:
                     await purger
                 await broker.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[_cors(settings)])
     app.state.settings = settings
     app.state.broker = broker
     return app
 
 
 def create_app_from_env() -> Starlette:
+    access.configure()
     return create_app(Settings.from_env())
 
 
-async def _healthz(_: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+def _cors(settings: Settings) -> Middleware:
+    """Browsers on ALLOWED_ORIGINS may call the API; pages elsewhere may not. Tokens travel in
+    the Authorization header, never in cookies, so no credentials are allowed."""
+    return Middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=["authorization", "content-type"],
+        expose_headers=["x-request-id", "retry-after"],
+        allow_credentials=False,
+        max_age=600,
+    )

@@ -23,6 +23,15 @@ class Settings:
     # Storage.
     database_url: str = "sqlite://data/order-events.sqlite3"
     data_dir: Path = Path("data")
+    # PostgreSQL: how long to wait for a new connection, and for one statement (or a free
+    # pooled connection), before a request fails with "database unavailable" instead of
+    # hanging; the pool's size (0 kept open: opening the pool then waits on nothing).
+    db_connect_timeout_seconds: float = 5.0
+    db_command_timeout_seconds: float = 10.0
+    db_pool_min_size: int = 0
+    db_pool_max_size: int = 5
+    # How long /readyz waits for the database before it answers "not ready".
+    readiness_timeout_seconds: float = 2.0
 
     # Tokens. Without JWKS_URL or JWKS_FILE the server is its own development issuer.
     public_url: str = "http://127.0.0.1:8000"
@@ -39,6 +48,14 @@ class Settings:
     max_page_size: int = 200
     idempotency_key_ttl_seconds: int = 24 * 3600
     idempotency_purge_interval_seconds: int = 300
+    # Request limits and abuse (README, "Limits and abuse"). A rate of 0 turns rate limits off.
+    max_body_bytes: int = 256 * 1024
+    max_query_tokens: int = 1000
+    max_query_depth: int = 10
+    max_query_aliases: int = 15
+    max_query_cost: int = 10_000
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 100
     # Live subscriptions over WebSocket.
     allowed_origins: tuple[str, ...] = ()
     ws_init_timeout_seconds: float = 10.0
@@ -59,6 +76,15 @@ class Settings:
         object.__setattr__(self, "audience_base", self.audience_base.rstrip("/"))
         if self.jwks_url and self.jwks_file:
             raise SettingsError("set JWKS_URL or JWKS_FILE, not both")
+        for name in ("db_connect_timeout_seconds", "db_command_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{name.upper()} must be more than 0")
+        if not self.readiness_timeout_seconds > 0:
+            raise SettingsError("READINESS_TIMEOUT_SECONDS must be more than 0")
+        if not 0 <= self.db_pool_min_size <= self.db_pool_max_size or self.db_pool_max_size < 1:
+            raise SettingsError(
+                "DB_POOL_MAX_SIZE must be at least 1, and DB_POOL_MIN_SIZE between 0 and it"
+            )
         if self.idempotency_key_ttl_seconds < 3600:
             raise SettingsError("IDEMPOTENCY_KEY_TTL_SECONDS must be at least 3600 (one hour)")
         if self.idempotency_purge_interval_seconds < 1:
@@ -69,6 +95,18 @@ class Settings:
             raise SettingsError("MAX_SUBSCRIPTIONS_PER_CONNECTION must be at least 1")
         if self.max_page_size < 1:
             raise SettingsError("MAX_PAGE_SIZE must be at least 1")
+        for name in (
+            "max_body_bytes",
+            "max_query_tokens",
+            "max_query_depth",
+            "max_query_aliases",
+            "max_query_cost",
+            "rate_limit_burst",
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be at least 1")
+        if not self.rate_limit_per_second >= 0:
+            raise SettingsError("RATE_LIMIT_PER_SECOND must be 0 (no limit) or more")
         if not self.token_algorithms:
             raise SettingsError("TOKEN_ALGORITHMS must name at least one algorithm")
         weak = [a for a in self.token_algorithms if a == "none" or a.startswith("HS")]
@@ -127,6 +165,17 @@ class Settings:
         return cls(
             database_url=text("DATABASE_URL", defaults.database_url),
             data_dir=Path(text("DATA_DIR", str(defaults.data_dir))),
+            db_connect_timeout_seconds=number(
+                "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds
+            ),
+            db_command_timeout_seconds=number(
+                "DB_COMMAND_TIMEOUT_SECONDS", defaults.db_command_timeout_seconds
+            ),
+            db_pool_min_size=integer("DB_POOL_MIN_SIZE", defaults.db_pool_min_size),
+            db_pool_max_size=integer("DB_POOL_MAX_SIZE", defaults.db_pool_max_size),
+            readiness_timeout_seconds=number(
+                "READINESS_TIMEOUT_SECONDS", defaults.readiness_timeout_seconds
+            ),
             public_url=text("PUBLIC_URL", defaults.public_url),
             issuer=text("TOKEN_ISSUER", ""),
             audience_base=text("TOKEN_AUDIENCE_BASE", ""),
@@ -145,6 +194,13 @@ class Settings:
             idempotency_purge_interval_seconds=integer(
                 "IDEMPOTENCY_PURGE_INTERVAL_SECONDS", defaults.idempotency_purge_interval_seconds
             ),
+            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
+            max_query_tokens=integer("MAX_QUERY_TOKENS", defaults.max_query_tokens),
+            max_query_depth=integer("MAX_QUERY_DEPTH", defaults.max_query_depth),
+            max_query_aliases=integer("MAX_QUERY_ALIASES", defaults.max_query_aliases),
+            max_query_cost=integer("MAX_QUERY_COST", defaults.max_query_cost),
+            rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", defaults.rate_limit_per_second),
+            rate_limit_burst=integer("RATE_LIMIT_BURST", defaults.rate_limit_burst),
             allowed_origins=tuple(env.get("ALLOWED_ORIGINS", "").replace(",", " ").split()),
             ws_init_timeout_seconds=number(
                 "WS_INIT_TIMEOUT_SECONDS", defaults.ws_init_timeout_seconds

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import unicodedata
 from typing import Any
 
@@ -22,6 +23,8 @@ DESCRIPTION_MAX = 1000
 IDEMPOTENCY_KEY_MAX = 255
 METADATA_MAX_BYTES = 64 * 1024
 METADATA_MAX_DEPTH = 32
+
+_DOUBLE_MAX = sys.float_info.max
 
 # Line breaks and tabs are ordinary in a description; every other control character is refused.
 _TEXT_CONTROLS_ALLOWED = {"\n", "\r", "\t"}
@@ -105,6 +108,10 @@ def _json_problem(value: Any, depth: int) -> str | None:
     elif isinstance(value, float):
         if not math.isfinite(value):
             return "numbers must be finite (no NaN or Infinity, nothing beyond a double)"
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _DOUBLE_MAX:
+        # Python keeps such an integer exactly, but most JSON readers would turn it into
+        # Infinity: refused like 1e400, rather than stored for clients that cannot read it.
+        return "numbers must be finite (no NaN or Infinity, nothing beyond a double)"
     elif value is not None and not isinstance(value, (bool, int)):
         return "must contain JSON values only"
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,12 @@ from app.auth import LocalIssuer
 from app.db import apply_migrations
 from app.main import create_app
 from app.settings import Settings
+from tests.pgcluster import (
+    Cluster,
+    ClusterUnavailable,
+    check_own_cluster_possible,
+    own_cluster,
+)
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 ACCOUNT = "T12345678"
@@ -70,7 +76,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     kept: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:
-        uses_database = "database_url" in getattr(item, "fixturenames", ())
+        fixtures = getattr(item, "fixturenames", ())
+        uses_database = "database_url" in fixtures or "own_postgres" in fixtures
         (kept if uses_database else deselected).append(item)
     if deselected:
         # Reported by pytest as "N deselected", like -k.
@@ -120,7 +127,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, data_dir: Path) -> Settings:
-    return Settings(database_url=database_url, data_dir=data_dir, graphiql=False)
+    # No rate limit: the whole suite is one caller, far faster than any device. Its tests
+    # (tests/test_ratelimit.py) set one with other_settings.
+    return Settings(
+        database_url=database_url, data_dir=data_dir, graphiql=False, rate_limit_per_second=0
+    )
 
 
 @pytest.fixture(scope="session")
@@ -216,15 +227,42 @@ def other_settings(settings: Settings) -> Callable[..., Settings]:
     return make
 
 
+ClientWith = Callable[..., GraphQLClient]
+
+
 @pytest.fixture
+async def client_with(
+    client: GraphQLClient, other_settings: Callable[..., Settings]
+) -> AsyncIterator[ClientWith]:
+    """``client_with(**settings)``: a client, with ``client``'s token, of an app made with
+    other settings on the same database (tables emptied by ``client``). The app's lifespan
+    does not run: no broker, no background tasks; fine for reads and for refusals."""
+    opened: list[httpx.AsyncClient] = []
+
+    def make(**changes: Any) -> GraphQLClient:
+        application = create_app(other_settings(**changes))
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=application), base_url="http://test"
+        )
+        opened.append(http)
+        return GraphQLClient(http=http, default_token=client.default_token)
+
+    yield make
+    for http in opened:
+        await http.aclose()
+
+
+@pytest.fixture(scope="session")
 def server_env(settings: Settings, app: Starlette) -> dict[str, str]:
     """Environment for server processes sharing this test's database and signing key
-    (``app`` first, so the migrations have run)."""
+    (``app`` first, so the migrations have run). Session-wide, so that module-scoped servers
+    can use it too: copy it to change it."""
     return {
         "DATABASE_URL": settings.database_url,
         "DATA_DIR": str(settings.data_dir),
         "PUBLIC_URL": settings.public_url,
         "GRAPHIQL": "false",
+        "RATE_LIMIT_PER_SECOND": "0",
     }
 
 
@@ -232,3 +270,19 @@ def server_env(settings: Settings, app: Starlette) -> dict[str, str]:
 def postgres_only(database_url: str) -> None:
     if not database_url.startswith("postgres"):
         pytest.skip("several server processes need PostgreSQL; this run is on SQLite")
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of the module's own, to stop and start (``tests/pgcluster.py``);
+    the PostgreSQL pass of ``scripts/test`` runs its tests."""
+    if TEST_DATABASE != "postgres":
+        pytest.skip("a test with a PostgreSQL cluster of its own runs in the PostgreSQL pass")
+    try:
+        check_own_cluster_possible()
+    except ClusterUnavailable as error:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{error}; REQUIRE_POSTGRES=1 makes this a failure")
+        pytest.skip(str(error))
+    with own_cluster() as cluster:
+        yield cluster

@@ -12,8 +12,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+from tests.helpers import ACCOUNT, EVENT_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,3 +107,49 @@ def running_servers(count: int, env: Mapping[str, str], log_dir: Path) -> Iterat
     finally:
         for server in servers:
             stop_server(server)
+
+
+def migrate(database_url: str) -> None:
+    """Applies the migrations to ``database_url`` as ``scripts/serve`` does, in a process of
+    its own (this process's Tortoise belongs to the suite's database)."""
+    subprocess.run(
+        [sys.executable, "-m", "app.migrate"],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database_url},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+READ_ALL = f"""
+query All($accountId: ID!, $orderId: ID!, $after: String) {{
+  orderEvents(accountId: $accountId, orderId: $orderId, first: 200, after: $after) {{
+    events {{ {EVENT_FIELDS} }}
+    pageInfo {{ hasNextPage endCursor }}
+  }}
+}}
+"""
+
+
+async def stored_events(
+    http: httpx.AsyncClient, token: str, order_id: str, account_id: str = ACCOUNT
+) -> list[dict[str, Any]]:
+    """Every event of the order, every field, read page by page through the API of the
+    server ``http`` talks to."""
+    events: list[dict[str, Any]] = []
+    after = None
+    while True:
+        variables = {"accountId": account_id, "orderId": order_id, "after": after}
+        response = await http.post(
+            "/graphql",
+            json={"query": READ_ALL, "variables": variables},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        body = response.json()
+        assert "errors" not in body, body
+        page = body["data"]["orderEvents"]
+        events.extend(page["events"])
+        if not page["pageInfo"]["hasNextPage"]:
+            return events
+        after = page["pageInfo"]["endCursor"]

@@ -3,7 +3,9 @@
 - a ``ServiceError`` keeps its message and gets its ``code`` (and extra members);
 - an error graphql-core raised before running anything (syntax, validation, variables) is the
   client's bad input: ``BAD_USER_INPUT`` with the field it names, where it names one;
-- anything else is a bug or an outage: logged with the request id and replaced by
+- the database being down or too slow (``app.db.is_unavailable``) is an outage:
+  ``INTERNAL_SERVER_ERROR`` saying so, with the request id and ``retryable: true``;
+- anything else is a bug: logged with the request id and replaced by
   ``INTERNAL_SERVER_ERROR`` carrying only that id.
 """
 
@@ -17,6 +19,7 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
+from app.db import is_unavailable
 from app.errors import ServiceError
 
 logger = logging.getLogger("app.errors")
@@ -46,6 +49,20 @@ def convert(error: GraphQLError, request_id: str) -> GraphQLError:
             "errors": [{"field": field, "message": error.message}],
         }
         return _rebuild(error, error.message, extensions)
+    if is_unavailable(original):
+        # Not a bug, and many requests fail alike during an outage: one line each, no trace.
+        logger.warning(
+            "database unavailable request_id=%s path=%s error=%s: %s",
+            request_id,
+            ".".join(str(p) for p in error.path or ()),
+            type(original).__name__,
+            original,
+        )
+        return _rebuild(
+            error,
+            f"The database is unavailable; try again shortly (request id {request_id})",
+            {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id, "retryable": True},
+        )
     logger.error(
         "unexpected error request_id=%s path=%s",
         request_id,
@@ -104,3 +121,9 @@ class ErrorCodes(SchemaExtension):
                 error if (error.extensions or {}).get("code") else convert(error, request_id)
                 for error in errors
             ]
+
+
+def refusal_body(error: ServiceError) -> dict[str, Any]:
+    """The response body for a ``ServiceError`` raised before GraphQL ran (a rate limit)."""
+    extensions = {"code": error.code, **error.extensions}
+    return {"errors": [{"message": error.message, "extensions": extensions}]}

@@ -11,8 +11,10 @@ from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import Info
 
 from app import events, live
+from app.api.access import OperationName
 from app.api.context import Context
 from app.api.errors import ErrorCodes
+from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
 from app.models import EventState
 
@@ -179,7 +181,8 @@ def build_schema() -> strawberry.Schema:
         subscription=Subscription,
         # Parsing and validating a document costs more than running a small operation;
         # clients send the same few documents over and over.
-        extensions=[ParserCache, ValidationCache, ErrorCodes],
+        # OperationLimits adds its rules before validation, so they are cached with it.
+        extensions=[ParserCache, ValidationCache, OperationLimits, OperationName, ErrorCodes],
     )
 
 

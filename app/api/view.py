@@ -5,37 +5,50 @@ Follows the GraphQL-over-HTTP specification: ``application/graphql-response+json
 client accepts it (a request that fails before execution is then a 400), otherwise
 ``application/json`` with 200 for every well-formed request. A missing or refused token on an
 operation that needs one is a 401 with ``WWW-Authenticate``, whatever the media type.
+
+Before GraphQL sees a request: its body is at most ``MAX_BODY_BYTES`` of strict JSON, POSTed as
+``application/json`` (``app.api.body``), and its caller is within its rate limit
+(``app.ratelimit``, checked once the token is). Every request leaves one access log line
+(``app.api.access``).
 """
 
 from __future__ import annotations
 
+import math
+import re
+import time
 import uuid
 from datetime import timedelta
 from typing import Any, cast
 
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
+from app.api import access
+from app.api.body import InvalidJSON, decode_json, limit_body
 from app.api.context import Context
-from app.api.errors import convert
+from app.api.errors import convert, refusal_body
 from app.api.websocket import Connections, LegacyWSHandler, TransportWSHandler, find_authorization
 from app.auth import KeySourceError, TokenError, TokenValidator
 from app.broker import Broker
+from app.errors import RateLimited
 from app.graphiql import graphiql_html
+from app.ratelimit import RateLimiter
 from app.settings import Settings
 from app.writer import EventWriter
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
+_OBJECT_OR_LIST = re.compile(rb"[ \t\r\n]*[{\[]")
 JSON = "application/json"
 
 
@@ -62,6 +75,11 @@ class GraphQLApp(GraphQL[Context, None]):
         self.broker = broker
         self.writer = writer
         self.connections = Connections()
+        self.rate_limiter = (
+            RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+            if settings.rate_limit_per_second > 0
+            else None
+        )
         # Handler classes of this app's own, bound to its connections and settings.
         self.graphql_transport_ws_handler_class = type(
             "AppTransportWSHandler",
@@ -76,7 +94,8 @@ class GraphQLApp(GraphQL[Context, None]):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        request = Request(scope, receive)
+        started = time.perf_counter()
+        request = Request(scope, limit_body(scope, receive, self.settings.max_body_bytes))
         request.state.request_id = uuid.uuid4().hex
         try:
             response = await self.run(request)
@@ -87,10 +106,21 @@ class GraphQLApp(GraphQL[Context, None]):
                 response.headers["allow"] = "POST"
             else:
                 response = _request_error(error.reason, error.status_code)
+            request.state.error_codes = ["BAD_USER_INPUT"]
         except MissingQueryError:
             response = _request_error("No GraphQL query found in the request", 400)
+            request.state.error_codes = ["BAD_USER_INPUT"]
+        except RateLimited as error:
+            response = _rate_limited(error)
+            request.state.error_codes = [error.code]
+        except Exception:
+            access.log_request(request, 500, started)
+            raise
         response.headers["x-request-id"] = request.state.request_id
-        await response(scope, receive, send)
+        try:
+            await response(scope, receive, send)
+        finally:
+            access.log_request(request, response.status_code, started)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
@@ -106,6 +136,15 @@ class GraphQLApp(GraphQL[Context, None]):
         header = request.headers.get("authorization")
         if header is not None:
             await self._authenticate(context, header)
+        if isinstance(request, Request):
+            request.state.principal = context.principal
+            if self.rate_limiter is not None:
+                # After the token is checked, so that nobody can spend another's requests.
+                principal = context.principal
+                client = request.client.host if request.client else None
+                self.rate_limiter.take(
+                    (principal.account_id, principal.subject) if principal else client
+                )
         return context
 
     async def _authenticate(self, context: Context, header: str) -> None:
@@ -135,6 +174,34 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": message})
         return cast(UnsetType, UNSET)
 
+    def decode_json(self, data: str | bytes) -> object:
+        # Strict JSON for HTTP bodies, GET variables and WebSocket messages alike.
+        return decode_json(data)
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return decode_json(data)
+        except InvalidJSON as error:
+            raise HTTPException(400, f"the request is not valid JSON: {error.reason}") from None
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        if request.method == "POST":
+            # Compared as written, as Strawberry compares it after this check.
+            media_type = (request.content_type or "").split(";")[0].strip()
+            if media_type != JSON:
+                raise HTTPException(
+                    415, "a GraphQL request is POSTed as Content-Type: application/json"
+                )
+            # Strawberry takes any JSON other than a list for an object; a string or a number
+            # would fail inside it as a server error. (The body is read once and kept.)
+            if not _OBJECT_OR_LIST.match(await request.get_body()):
+                raise HTTPException(
+                    400, "the request body must be a JSON object with the operation's `query`"
+                )
+        return await super().parse_http_body(request)
+
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
         request.state.sub_response = sub_response
@@ -163,6 +230,7 @@ class GraphQLApp(GraphQL[Context, None]):
             body["extensions"] = result.extensions
 
         codes = {(e.extensions or {}).get("code") for e in result.errors or ()}
+        request.state.error_codes = sorted(str(code) for code in codes)
         failed_before_execution = result.data is None and all(
             not e.path for e in result.errors or ()
         )
@@ -194,6 +262,12 @@ def _negotiate(accept: str) -> str:
         if media_type in {JSON, "*/*", "application/*"}:
             return JSON
     return JSON
+
+
+def _rate_limited(error: RateLimited) -> Response:
+    response = JSONResponse(refusal_body(error), status_code=429, media_type=JSON)
+    response.headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
+    return response
 
 
 def _request_error(message: str, status_code: int) -> Response:

@@ -1,0 +1,74 @@
+"""The access log: one JSON line per HTTP request on the ``app.access`` logger.
+
+    {"requestId": "…", "method": "POST", "operation": "Timeline", "account": "T12345678",
+     "caller": "kitchen-1", "client": "203.0.113.7", "status": 200, "durationMs": 3.1,
+     "errors": ["BAD_USER_INPUT"]}
+
+``account`` and ``caller`` are the token's account and subject (null without a valid token);
+``errors`` are the response's ``extensions.code``s. Nothing a client sends as data is written:
+no token, no variables, no metadata, no query text; the operation's name only when it is a
+GraphQL name. A line is JSON, so no value can forge another line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+
+from starlette.requests import Request
+from strawberry.extensions import SchemaExtension
+
+from app.auth import Principal
+
+logger = logging.getLogger("app.access")
+
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,99}")
+
+
+class OperationName(SchemaExtension):
+    """Notes an HTTP request's operation name for its access log line."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        request = getattr(self.execution_context.context, "request", None)
+        if isinstance(request, Request):
+            request.state.operation = self.execution_context.operation_name
+
+
+def log_request(request: Request, status: int, started: float) -> None:
+    """Writes the access log line of ``request``, answered with ``status``."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    state = request.state
+    principal: Principal | None = getattr(state, "principal", None)
+    operation = getattr(state, "operation", None)
+    if not (isinstance(operation, str) and _NAME.fullmatch(operation)):
+        operation = None
+    line = {
+        "requestId": getattr(state, "request_id", None),
+        "method": request.method,
+        "operation": operation,
+        "account": principal.account_id if principal else None,
+        "caller": principal.subject if principal else None,
+        "client": request.client.host if request.client else None,
+        "status": status,
+        "durationMs": round((time.perf_counter() - started) * 1000, 3),
+        "errors": getattr(state, "error_codes", []),
+    }
+    logger.info(json.dumps(line, separators=(",", ":")))
+
+
+def configure() -> None:
+    """Sends access lines to standard output, as they are (the server's entry point calls
+    this; tests read them from the logger)."""
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -1,0 +1,189 @@
+"""The access log: one JSON line per HTTP request with who asked what and how it ended; never
+a token, never the data a client sent."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import app.validation
+from tests.conftest import ClientWith, Mint
+from tests.helpers import CREATE, create_variables, event_input
+from tests.servers import running_servers, stop_server
+
+SECRET = "s3cr3t-pickup-code-4711"
+READ = 'query Timeline { orderEvents(accountId: "T12345678", orderId: "order-1") { state } }'
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Everything logged at INFO and above, the level the server logs at."""
+    with caplog.at_level(logging.INFO):
+        yield caplog
+
+
+def access_lines(logs: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [json.loads(r.getMessage()) for r in logs.records if r.name == "app.access"]
+
+
+def everything_logged(logs: pytest.LogCaptureFixture) -> str:
+    """Every record's message and traceback, as a log handler would write them."""
+    formatter = logging.Formatter()
+    return "\n".join(formatter.format(record) for record in logs.records)
+
+
+async def test_a_request_is_one_line(client: Any, logs: pytest.LogCaptureFixture) -> None:
+    await client.post(READ)
+
+    assert len(access_lines(logs)) == 1
+
+
+async def test_the_line_says_who_asked_what_and_how_it_ended(
+    client: Any, logs: pytest.LogCaptureFixture
+) -> None:
+    response = await client.post(READ)
+
+    (line,) = access_lines(logs)
+    assert {key: value for key, value in line.items() if key != "durationMs"} == {
+        "requestId": response.headers["x-request-id"],
+        "method": "POST",
+        "operation": "Timeline",
+        "account": "T12345678",
+        "caller": "kitchen-1",
+        "client": "127.0.0.1",
+        "status": 200,
+        "errors": [],
+    }
+
+
+async def test_the_line_has_the_duration_in_milliseconds(
+    client: Any, logs: pytest.LogCaptureFixture
+) -> None:
+    await client.post(READ)
+
+    (line,) = access_lines(logs)
+    assert 0 < line["durationMs"] < 10_000
+
+
+async def test_the_line_has_the_error_codes(client: Any, logs: pytest.LogCaptureFixture) -> None:
+    await client.post(READ, token=None)
+
+    (line,) = access_lines(logs)
+    assert (line["status"], line["errors"], line["caller"]) == (401, ["UNAUTHENTICATED"], None)
+
+
+async def test_a_request_refused_unread_is_logged(
+    client_with: ClientWith, logs: pytest.LogCaptureFixture
+) -> None:
+    client = client_with(max_body_bytes=50)
+
+    await client.post(READ)
+
+    (line,) = access_lines(logs)
+    assert (line["status"], line["errors"]) == (413, ["BAD_USER_INPUT"])
+
+
+async def test_a_rate_limited_request_is_logged(
+    client_with: ClientWith, logs: pytest.LogCaptureFixture
+) -> None:
+    client = client_with(rate_limit_per_second=0.001, rate_limit_burst=1)
+    await client.post(READ)
+
+    await client.post(READ)
+
+    assert access_lines(logs)[-1]["errors"] == ["RATE_LIMITED"]
+
+
+async def test_an_operation_name_that_is_no_graphql_name_is_left_out(
+    client: Any, logs: pytest.LogCaptureFixture
+) -> None:
+    forged = 'Timeline","caller":"admin'
+    await client.http.post(
+        "/graphql",
+        json={"query": READ, "operationName": forged},
+        headers={"authorization": f"Bearer {client.default_token}"},
+    )
+
+    (line,) = access_lines(logs)
+    assert (line["operation"], line["caller"]) == (None, "kitchen-1")
+
+
+# What never reaches the log.
+
+
+async def test_no_token_is_logged(client: Any, logs: pytest.LogCaptureFixture) -> None:
+    await client.post(READ)
+
+    assert client.default_token not in everything_logged(logs)
+
+
+async def test_no_refused_token_is_logged(
+    client: Any, mint: Mint, logs: pytest.LogCaptureFixture
+) -> None:
+    header, payload, _ = mint().split(".")
+    forged = f"{header}.{payload}.forged"
+
+    await client.post(READ, token=forged)
+
+    assert payload not in everything_logged(logs)
+
+
+async def test_no_metadata_is_logged(client: Any, logs: pytest.LogCaptureFixture) -> None:
+    await client.post(CREATE, create_variables(event=event_input(metadata={"code": SECRET})))
+
+    assert SECRET not in everything_logged(logs)
+
+
+async def test_no_variable_is_logged(client: Any, logs: pytest.LogCaptureFixture) -> None:
+    await client.post(CREATE, create_variables(event=event_input(description=SECRET)))
+
+    assert SECRET not in everything_logged(logs)
+
+
+async def test_refused_input_is_not_logged(client: Any, logs: pytest.LogCaptureFixture) -> None:
+    await client.post(CREATE, create_variables(event=event_input(service=f"{SECRET}\x00")))
+
+    assert SECRET not in everything_logged(logs)
+
+
+@pytest.fixture
+def broken_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the metadata checker broke")
+
+    monkeypatch.setattr(app.validation, "check_metadata", fail)
+
+
+@pytest.mark.usefixtures("broken_validation")
+async def test_an_internal_errors_traceback_holds_no_token_or_metadata(
+    client: Any, logs: pytest.LogCaptureFixture
+) -> None:
+    await client.post(CREATE, create_variables(event=event_input(metadata={"code": SECRET})))
+
+    logged = everything_logged(logs)
+    assert "the metadata checker broke" in logged
+    assert SECRET not in logged
+    assert client.default_token not in logged
+
+
+def test_a_server_writes_the_lines_to_its_output(
+    server_env: dict[str, str], tmp_path: Path, mint: Mint
+) -> None:
+    token = mint()
+    with running_servers(1, server_env, tmp_path) as (server,):
+        httpx.post(
+            f"{server.url}/graphql",
+            json={"query": READ},
+            headers={"authorization": f"Bearer {token}"},
+        )
+        stop_server(server)
+
+    lines = [line for line in server.output().splitlines() if line.startswith("{")]
+    assert [json.loads(line)["operation"] for line in lines] == ["Timeline"]
+    assert token not in server.output()
