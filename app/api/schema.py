@@ -10,12 +10,14 @@ import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import Info
 
-from app import events, live
+from app import live
+from app.api import operations
 from app.api.access import OperationName
 from app.api.context import Context
 from app.api.errors import ErrorCodes
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
+from app.events import NewEvent
 from app.models import EventState
 
 AccountId = Annotated[
@@ -58,14 +60,7 @@ class Query:
         ] = None,
     ) -> OrderEventCollection:
         context = info.context
-        page = await events.list_events(
-            context.require_principal(),
-            account_id,
-            order_id,
-            first=50 if first is None else first,
-            after=after,
-            max_page_size=context.settings.max_page_size,
-        )
+        page = await operations.order_events(context, account_id, order_id, first, after)
         return OrderEventCollection.from_page(page, context.settings.public_url)
 
 
@@ -105,21 +100,19 @@ class Mutation:
         ] = None,
     ) -> OrderStatusEvent:
         context = info.context
-        stored = await events.create_event(
-            context.require_principal(),
+        stored = await operations.create_order_event(
+            context,
             account_id,
             order_id,
-            events.NewEvent(
+            NewEvent(
                 service=event.service,
                 service_status=event.service_status,
                 state=event.state or EventState.SUCCESS,
                 description=event.description,
                 metadata=event.metadata,
             ),
-            idempotency_key=idempotency_key,
-            expected_version=expected_version,
-            key_ttl_seconds=context.settings.idempotency_key_ttl_seconds,
-            writer=context.writer,
+            idempotency_key,
+            expected_version,
         )
         return OrderStatusEvent.from_event(stored, context.settings.public_url)
 

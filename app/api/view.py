@@ -34,7 +34,7 @@ from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from app.api import access
+from app.api import access, fastpath
 from app.api.body import InvalidJSON, decode_json, limit_body
 from app.api.context import Context
 from app.api.errors import convert, refusal_body
@@ -74,6 +74,7 @@ class GraphQLApp(GraphQL[Context, None]):
         self.validator = validator
         self.broker = broker
         self.writer = writer
+        self.compiler = fastpath.Compiler(schema, settings)
         self.connections = Connections()
         self.rate_limiter = (
             RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
@@ -201,6 +202,31 @@ class GraphQLApp(GraphQL[Context, None]):
                     400, "the request body must be a JSON object with the operation's `query`"
                 )
         return await super().parse_http_body(request)
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        plan = self.compiler.plan(
+            request_data.query, request_data.operation_name, request_adapter.method
+        )
+        if plan is not None:
+            request.state.operation = plan.name
+            try:
+                result: ExecutionResult = await fastpath.execute(
+                    plan, context, request_data.variables
+                )
+                return result
+            except fastpath.Fallback:
+                pass
+        return await super().execute_single(
+            request, request_adapter, sub_response, context, root_value, request_data
+        )
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
