@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
 from app import health, idempotency
@@ -53,6 +54,10 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with RegisterTortoise(app, config=tortoise_config(settings.database_url, settings)):
+            # Tortoise opens its connection lazily, under a lock that a request cancelled
+            # while it opens would never release (every later query would wait forever):
+            # open it here, before any request can.
+            await get_connection("default").execute_query("SELECT 1")
             await broker.start()
             purger = asyncio.create_task(
                 idempotency.purge_forever(settings.idempotency_purge_interval_seconds)

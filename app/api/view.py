@@ -88,7 +88,9 @@ class GraphQLApp(GraphQL[Context, None]):
             {"connections": self.connections, "ping_interval": settings.ws_ping_interval_seconds},
         )
         self.graphql_ws_handler_class = type(
-            "AppLegacyWSHandler", (LegacyWSHandler,), {"connections": self.connections}
+            "AppLegacyWSHandler",
+            (LegacyWSHandler,),
+            {"connections": self.connections, "init_timeout": settings.ws_init_timeout_seconds},
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -85,9 +85,31 @@ async def _close_quietly(close: Any, code: int) -> None:
         await close(code, reason)
 
 
+def _limit_error(limit: int) -> dict[str, Any]:
+    return {
+        "message": f"subscription limit reached: at most {limit} per connection; "
+        "complete one first",
+        "extensions": {"code": "RATE_LIMITED"},
+    }
+
+
 class TransportWSHandler(_ExpiryMixin, BaseGraphQLTransportWSHandler[Context, None]):
     connections: Connections
     ping_interval: float
+
+    async def handle_subscribe(self, message: Any) -> None:
+        # Strawberry refuses with a bare message; the contract wants an error code.
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and limit is not None
+            and message["id"] not in self.operations
+            and len(self.operations) >= limit
+        ):
+            refusal: Any = {"id": message["id"], "type": "error", "payload": [_limit_error(limit)]}
+            await self.send_message(refusal)
+            return
+        await super().handle_subscribe(message)
 
     async def handle(self) -> None:
         self.connections.open.add(self)
@@ -122,14 +144,38 @@ class TransportWSHandler(_ExpiryMixin, BaseGraphQLTransportWSHandler[Context, No
 
 class LegacyWSHandler(_ExpiryMixin, BaseGraphQLWSHandler[Context, None]):
     connections: Connections
+    init_timeout: float
 
     async def handle(self) -> None:
         self.connections.open.add(self)
+        # graphql-ws has no init timeout of its own: without one, a connection could stay
+        # open unauthenticated for as long as its client likes.
+        waiting = asyncio.create_task(self._close_unless_initialised())
         try:
             await super().handle()
         finally:
+            waiting.cancel()
             self.connections.open.discard(self)
             self.stop_watching_expiry()
+
+    async def _close_unless_initialised(self) -> None:
+        await asyncio.sleep(self.init_timeout)
+        if not self.connection_acknowledged:
+            with contextlib.suppress(Exception):
+                await self.websocket.close(4408, "Connection initialisation timeout")
+
+    async def handle_start(self, message: Any) -> None:
+        limit = self.max_subscriptions_per_connection
+        if (
+            self.connection_acknowledged
+            and limit is not None
+            and message["id"] not in self.tasks
+            and len(self.tasks) >= limit
+        ):
+            refusal: Any = {"type": "error", "id": message["id"], "payload": _limit_error(limit)}
+            await self.send_message(refusal)
+            return
+        await super().handle_start(message)
 
     async def handle_connection_init(self, message: Any) -> None:
         await super().handle_connection_init(message)
