@@ -23,7 +23,6 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,7 +30,7 @@ import asyncpg
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 from app.events import StoredEvent
-from app.models import EventState, OrderEvent
+from app.models import OrderEvent
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +216,7 @@ class PostgresBroker(Broker):
     ) -> None:
         payloads = []
         for event in events:
-            payload = encode_event(event)
+            payload = json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":"))
             if len(payload.encode()) > MAX_PAYLOAD:
                 payload = json.dumps({"ref": event.id})
             payloads.append(payload)
@@ -311,7 +310,7 @@ class PostgresBroker(Broker):
     async def _decode(self, payload: str) -> StoredEvent | None:
         data = json.loads(payload)
         if "ref" not in data:
-            return decode_event(data)
+            return StoredEvent.from_record(data)
         row = await OrderEvent.get_or_none(event_id=data["ref"])
         return None if row is None else StoredEvent.from_row(row)
 
@@ -320,43 +319,3 @@ def create_broker(database_url: str) -> Broker:
     if urlsplit(database_url).scheme in {"postgres", "postgresql", "asyncpg"}:
         return PostgresBroker(database_url)
     return LocalBroker()
-
-
-def encode_event(event: StoredEvent) -> str:
-    return json.dumps(
-        {
-            "id": event.id,
-            "a": event.account_id,
-            "o": event.order_id,
-            "v": event.version,
-            "p": event.position,
-            "t": event.event_type,
-            "st": event.state.value,
-            "s": event.service,
-            "ss": event.service_status,
-            "d": event.description,
-            "m": event.metadata,
-            "c": event.created_at.isoformat(),
-            "b": event.created_by,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-def decode_event(data: dict[str, Any]) -> StoredEvent:
-    return StoredEvent(
-        id=data["id"],
-        account_id=data["a"],
-        order_id=data["o"],
-        version=data["v"],
-        position=data["p"],
-        event_type=data["t"],
-        state=EventState(data["st"]),
-        service=data["s"],
-        service_status=data["ss"],
-        description=data["d"],
-        metadata=data["m"],
-        created_at=datetime.fromisoformat(data["c"]),
-        created_by=data["b"],
-    )

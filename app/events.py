@@ -65,6 +65,49 @@ class StoredEvent:
     def cursor(self) -> str:
         return encode_cursor(self.position, self.version)
 
+    def to_record(self) -> dict[str, Any]:
+        """The event as its table row has it (metadata as JSON text, time as ISO 8601)."""
+        return {
+            "event_id": self.id,
+            "account_id": self.account_id,
+            "order_id": self.order_id,
+            "version": self.version,
+            "position": self.position,
+            "event_type": self.event_type,
+            "state": self.state.value,
+            "service": self.service,
+            "service_status": self.service_status,
+            "description": self.description,
+            "metadata": None
+            if self.metadata is None
+            else json.dumps(self.metadata, ensure_ascii=False, separators=(",", ":")),
+            "created_at": self.created_at.isoformat(),
+            "created_by": self.created_by,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> StoredEvent:
+        """From a row read with raw SQL, or from ``to_record``."""
+        created_at = record["created_at"]
+        if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
+            created_at = datetime.fromisoformat(created_at)
+        metadata = record["metadata"]
+        return cls(
+            id=record["event_id"],
+            account_id=record["account_id"],
+            order_id=record["order_id"],
+            version=record["version"],
+            position=record["position"],
+            event_type=record["event_type"],
+            state=EventState(record["state"]),
+            service=record["service"],
+            service_status=record["service_status"],
+            description=record["description"],
+            metadata=None if metadata is None else json.loads(metadata),
+            created_at=created_at,
+            created_by=record["created_by"],
+        )
+
     @classmethod
     def from_row(cls, row: OrderEvent) -> StoredEvent:
         return cls(
@@ -330,29 +373,7 @@ async def read_page(
     )
     if first["event_id"] is None:
         return state, []
-    return state, [_event_from_record(record) for record in records]
-
-
-def _event_from_record(record: dict[str, Any]) -> StoredEvent:
-    created_at = record["created_at"]
-    if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
-        created_at = datetime.fromisoformat(created_at)
-    metadata = record["metadata"]
-    return StoredEvent(
-        id=record["event_id"],
-        account_id=record["account_id"],
-        order_id=record["order_id"],
-        version=record["version"],
-        position=record["position"],
-        event_type=record["event_type"],
-        state=EventState(record["state"]),
-        service=record["service"],
-        service_status=record["service_status"],
-        description=record["description"],
-        metadata=None if metadata is None else json.loads(metadata),
-        created_at=created_at,
-        created_by=record["created_by"],
-    )
+    return state, [StoredEvent.from_record(record) for record in records]
 
 
 def state_from_flags(*, failed: bool, pending: bool, empty: bool) -> EventState:

@@ -40,13 +40,19 @@ def main(argv: list[str]) -> int:
         "--databases", nargs="*", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
     )
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--seconds", type=int, help="length of each HTTP load (default 10, quick 2)"
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="with --quick: the smallest loads (the smoke test)"
+    )
     parser.add_argument("--json", type=Path, default=harness.ROOT / "bench-results" / "latest.json")
     args = parser.parse_args(argv)
     if not load.wrk_available():
         print("scripts/bench: wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
         return 2
 
-    seconds = 2 if args.quick else 10
+    seconds = args.seconds or (2 if args.quick else 10)
     started = time.monotonic()
     report: dict[str, Any] = {
         "machine": _machine(),
@@ -69,29 +75,42 @@ def main(argv: list[str]) -> int:
             ]
         if "growth" in args.only:
             sizes = [1_000, 20_000] if args.quick else [10_000, 1_000_000]
+            if args.tiny:
+                sizes = [100, 1_000]
             report["growth"] = [
-                http.growth(kind, workdir, token, sizes, max(2, seconds // 2))
+                http.growth(kind, workdir, token, sizes, max(1, seconds // 2))
                 for kind in args.databases
             ]
         if "fanout" in args.only:
             report["fanout"] = _fanout(args, workdir, token)
+            _save(args.json, report)
         if "workers" in args.only and "postgres" in args.databases:
             report["workers"] = http.workers(workdir, token, seconds, args.connections)
     report["seconds"] = round(time.monotonic() - started, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    _save(args.json, report)
     print(render(report))
     print(f"\nfigures written to {args.json}")
     return 0
 
 
+def _save(path: Path, report: dict[str, Any]) -> None:
+    """Writes what is measured so far, so a section that fails loses only itself."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def _fanout(args: argparse.Namespace, workdir: Path, token: str) -> list[dict[str, Any]]:
-    runs = [(kind, 100 if args.quick else 1000) for kind in args.databases]
+    size = 10 if args.tiny else 100 if args.quick else 1000
+    runs = [(kind, size) for kind in args.databases]
     if not args.quick:
         runs.append(("postgres" if "postgres" in args.databases else "sqlite", 10000))
     results = []
     for kind, size in runs:
-        with harness.database(kind, workdir) as url, harness.service(url, workdir) as running:
+        # Thousands of handshakes queue up: give each more than the default time to init.
+        with (
+            harness.database(kind, workdir) as url,
+            harness.service(url, workdir, WS_INIT_TIMEOUT_SECONDS="300") as running,
+        ):
             figures = fanout.measure(
                 running.url,
                 running.process.pid,

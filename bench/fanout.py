@@ -85,7 +85,13 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
         tasks.append(asyncio.create_task(one()))
         if len(tasks) % 100 == 0:
             await asyncio.sleep(0.05)  # don't stampede the server's accept queue
-    await all_ready.wait()
+    ready_or_failed = asyncio.create_task(all_ready.wait())
+    await asyncio.wait([ready_or_failed, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    failed = [task for task in tasks if task.done() and task.exception() is not None]
+    if failed:
+        pipe.send(f"{len(failed)} subscribers failed, e.g. {failed[0].exception()!r}")
+        return
+    await ready_or_failed
     pipe.send("ready")
     await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "report"
     pipe.send(delays)
@@ -121,9 +127,11 @@ def measure(
         pipes.append(parent)
         processes.append(process)
     for pipe in pipes:
-        if not pipe.poll(120):
-            raise RuntimeError("subscribers did not connect within 120 s")
-        assert pipe.recv() == "ready"
+        if not pipe.poll(300):
+            raise RuntimeError("subscribers did not connect within 300 s")
+        answer = pipe.recv()
+        if answer != "ready":
+            raise RuntimeError(f"a client process failed: {answer}")
     time.sleep(1.0)  # let the last subscriptions reach the hub, and memory settle
     after = rss_kib(server_pid)
 

@@ -1,4 +1,4 @@
-"""What the two root fields do, shared by their resolvers and by ``app.api.fastpath``."""
+"""What the query and the mutation do, shared by their resolvers and ``app.api.fastpath``."""
 
 from __future__ import annotations
 
