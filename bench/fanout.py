@@ -46,12 +46,16 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
     """One client process: opens ``count`` subscriptions, then records delays until told."""
     ws_url = url.replace("http", "ws", 1) + "/graphql"
     delays: list[float] = []
+    errors: list[str] = []
     ready = 0
     all_ready = asyncio.Event()
 
     async def one() -> None:
         nonlocal ready
-        async with connect(ws_url, subprotocols=["graphql-transport-ws"], max_size=None) as ws:
+        # Thousands of handshakes queue at the server: no client-side deadline for them.
+        async with connect(
+            ws_url, subprotocols=["graphql-transport-ws"], max_size=None, open_timeout=None
+        ) as ws:
             await ws.send(
                 json.dumps(
                     {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
@@ -74,9 +78,11 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
             async for raw in ws:
                 received = time.time()
                 message = json.loads(raw)
-                if message["type"] == "next":
+                if message["type"] == "next" and message["payload"].get("data"):
                     created = message["payload"]["data"]["orderEvents"]["createdAt"]
                     delays.append(received - datetime.fromisoformat(created).timestamp())
+                elif message["type"] in {"next", "error"}:
+                    errors.append(json.dumps(message["payload"])[:300])
                 elif message["type"] == "ping":
                     await ws.send(json.dumps({"type": "pong"}))
 
@@ -94,7 +100,7 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
     await ready_or_failed
     pipe.send("ready")
     await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "report"
-    pipe.send(delays)
+    pipe.send((delays, errors))
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -146,9 +152,12 @@ def measure(
     time.sleep(2.0)
 
     delays: list[float] = []
+    errors: list[str] = []
     for pipe in pipes:
         pipe.send("report")
-        delays.extend(pipe.recv())
+        their_delays, their_errors = pipe.recv()
+        delays.extend(their_delays)
+        errors.extend(their_errors)
     for process in processes:
         process.join(timeout=30)
         if process.is_alive():
@@ -159,6 +168,8 @@ def measure(
         "events": events,
         "deliveries": len(delays),
         "missing": expected - len(delays),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
         "p50_ms": round(statistics.median(delays) * 1000, 1) if delays else None,
         "p99_ms": round(percentile(delays, 0.99) * 1000, 1) if delays else None,
         "max_ms": round(max(delays) * 1000, 1) if delays else None,
