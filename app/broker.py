@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
@@ -194,9 +194,6 @@ class PostgresBroker(Broker):
         # Notifications are handled one at a time, in the order they arrived.
         self._inbox: asyncio.Queue[str] = asyncio.Queue()
         self._dispatcher: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
-        # Hooks for tests: called after every (re)connection with the backend's process id.
-        self.on_connect: list[Callable[[int], None]] = []
 
     async def start(self) -> None:
         await self._connect()
@@ -218,7 +215,8 @@ class PostgresBroker(Broker):
         for event in events:
             payload = json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":"))
             if len(payload.encode()) > MAX_PAYLOAD:
-                payload = json.dumps({"ref": event.id})
+                reference = {"ref": event.id, "a": event.account_id, "o": event.order_id}
+                payload = json.dumps(reference)
             payloads.append(payload)
         # One statement for the whole batch; unnest yields the payloads in array order, and
         # notifications of one transaction are delivered in the order they were sent.
@@ -241,14 +239,9 @@ class PostgresBroker(Broker):
             connection.terminate()
             raise
         self._connection = connection
-        self.connected.set()
-        backend = connection.get_server_pid()
-        for hook in self.on_connect:
-            hook(backend)
-        logger.info("listening for order events (backend %d)", backend)
+        logger.info("listening for order events (backend %d)", connection.get_server_pid())
 
     async def _disconnect(self) -> None:
-        self.connected.clear()
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed():
             with contextlib.suppress(Exception):
@@ -311,6 +304,8 @@ class PostgresBroker(Broker):
         data = json.loads(payload)
         if "ref" not in data:
             return StoredEvent.from_record(data)
+        if not self.hub.wants(data["a"], data["o"]):
+            return None  # nobody here watches it: no need to read it
         row = await OrderEvent.get_or_none(event_id=data["ref"])
         return None if row is None else StoredEvent.from_row(row)
 

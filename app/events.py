@@ -204,10 +204,6 @@ def _validate_new_event(
     return metadata_text
 
 
-class _KeyTaken(Exception):
-    """Another request holds the idempotency key: replay what it stored."""
-
-
 async def create_event(
     principal: Principal,
     account_id: str,

@@ -85,6 +85,28 @@ async def test_event_written_through_one_process_reaches_a_subscriber_of_another
     assert ids(received(results)) == ids([first, second])
 
 
+async def test_an_event_too_large_for_a_notification_still_reaches_the_other_process(
+    postgres_only: None,
+    server_env: dict[str, str],
+    client: GraphQLClient,
+    mint: Mint,
+    tmp_path: Path,
+) -> None:
+    # NOTIFY carries less than 8000 bytes: a larger event is sent as a reference and read
+    # back by the listening process.
+    token = mint()
+    with running_servers(2, server_env, tmp_path) as (watched, written):
+        async with subscriber(watched, token) as ws, http_api(written, token) as api:
+            seed = await created(api)
+            op = await ws.subscribe(SUBSCRIBE, watching(after=seed["cursor"]))
+            first = await created(api)
+            results = await ws.events(op, 1)
+            large = await created(api, metadata={"blob": "x" * 20_000})
+            results += await ws.events(op, 1)
+
+    assert ids(received(results)) == ids([first, large])
+
+
 async def test_account_stream_follows_writes_through_both_processes_in_order(
     postgres_only: None,
     server_env: dict[str, str],
