@@ -38,17 +38,11 @@ def _number(event: StoredEvent, order_id: str | None) -> int:
     return event.position if order_id is None else event.version
 
 
-async def watch(
-    principal: Principal,
-    broker: Broker,
-    account_id: str,
-    order_id: str | None,
-    after: str | None,
-    *,
-    buffer_size: int,
-) -> AsyncGenerator[StoredEvent, None]:
-    """Every event of the order (or, without ``order_id``, of the account) after ``after``
-    (or from now on, without it), once and in order, until the caller stops iterating."""
+def check(
+    principal: Principal, account_id: str, order_id: str | None, after: str | None
+) -> tuple[int, int] | None:
+    """Refuses a watch that may not start (bad input, missing scope); returns where ``after``
+    points, as (position, version)."""
     errors: list[FieldError] = []
     validation.check_account_id(account_id, "accountId", errors)
     if order_id is not None:
@@ -72,7 +66,21 @@ async def watch(
             principal.can_read_order(order_id),
             f"reading events of order {order_id!r}",
         )
+    return start
 
+
+async def watch(
+    principal: Principal,
+    broker: Broker,
+    account_id: str,
+    order_id: str | None,
+    after: str | None,
+    *,
+    buffer_size: int,
+) -> AsyncGenerator[StoredEvent, None]:
+    """Every event of the order (or, without ``order_id``, of the account) after ``after``
+    (or from now on, without it), once and in order, until the caller stops iterating."""
+    start = check(principal, account_id, order_id, after)
     subscription = broker.hub.subscribe(account_id, order_id, buffer_size)
     try:
         if start is None:

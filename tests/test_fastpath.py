@@ -181,3 +181,19 @@ def test_mutations_over_get_take_the_ordinary_route() -> None:
 
 def test_an_operation_name_that_is_not_text_takes_the_ordinary_route() -> None:
     assert Compiler(schema).plan(CREATE, ["Create"], "POST") is None
+
+
+SUBSCRIPTION = (
+    "subscription($a: ID!, $o: ID) { orderEvents(accountId: $a, orderId: $o) { id version } }"
+)
+
+
+def test_a_plain_subscription_is_compiled_for_websockets_only() -> None:
+    compiler = Compiler(schema)
+
+    assert compiler.subscription_plan(SUBSCRIPTION, None) is not None
+    assert compiler.plan(SUBSCRIPTION, None, "POST") is None
+
+
+def test_queries_and_mutations_are_no_subscription_plans() -> None:
+    assert Compiler(schema).subscription_plan(CREATE, None) is None

@@ -118,6 +118,38 @@ async def test_subscriber_receives_each_event_written_while_it_watches(
     assert received(results) == [as_watched(event) for event in written]
 
 
+# Every field, so the compiled route (app/api/fastpath.py) and graphql-core's are compared
+# whole; the fragment keeps the second document off the compiled route.
+EVERY_FIELD = (
+    "id eventType accountId orderId state service serviceStatus description metadata"
+    " createdAt createdBy version cursor links { href rel __typename } __typename"
+)
+COMPILED = (
+    "subscription($accountId: ID!, $orderId: ID, $after: String) {"
+    " watched: orderEvents(accountId: $accountId, orderId: $orderId, after: $after)"
+    f" {{ {EVERY_FIELD} }} }}"
+)
+ORDINARY = (
+    "subscription($accountId: ID!, $orderId: ID, $after: String) {"
+    " watched: orderEvents(accountId: $accountId, orderId: $orderId, after: $after)"
+    " { ...All } } fragment All on OrderStatusEvent {" + f" {EVERY_FIELD} }}"
+)
+
+
+async def test_compiled_and_ordinary_routes_deliver_the_same_payload(
+    server: Server, api: GraphQLClient, mint: Mint
+) -> None:
+    seed = await created(api)
+    async with subscriber(server, mint()) as ws:
+        compiled = await ws.subscribe(COMPILED, watching(after=seed["cursor"]))
+        ordinary = await ws.subscribe(ORDINARY, watching(after=seed["cursor"]))
+        await created(api, metadata={"z": [1, 2.5, None], "a": {"b": "ø"}}, state="PENDING")
+        results = (await ws.events(compiled, 1), await ws.events(ordinary, 1))
+
+    assert results[0] == results[1]
+    assert results[0][0]["watched"]["metadata"] == {"z": [1, 2.5, None], "a": {"b": "ø"}}
+
+
 async def test_concurrently_written_events_arrive_once_each_in_version_order(
     server: Server, api: GraphQLClient, mint: Mint
 ) -> None:

@@ -17,8 +17,9 @@ to the same answers.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,6 +54,7 @@ from graphql import (
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
+from app import live
 from app.api import limits, operations
 from app.api.context import Context
 from app.api.errors import convert
@@ -131,6 +133,15 @@ class Compiler:
         self._plans: OrderedDict[tuple[str, str | None], Plan | None] = OrderedDict()
 
     def plan(self, query: object, operation_name: object, method: str) -> Plan | None:
+        """The plan for an HTTP request's query or mutation, if there is one."""
+        plan = self._plan_for(query, operation_name)
+        if plan is None or plan.operation == OperationType.SUBSCRIPTION:
+            return None  # subscriptions are served over WebSocket (``subscription_plan``)
+        if method == "GET" and plan.operation != OperationType.QUERY:
+            return None  # the ordinary route refuses mutations over GET
+        return plan
+
+    def _plan_for(self, query: object, operation_name: object) -> Plan | None:
         if not isinstance(query, str) or len(query) > MAX_DOCUMENT:
             return None
         if operation_name is not None and not isinstance(operation_name, str):
@@ -144,9 +155,12 @@ class Compiler:
             self._plans[key] = plan
             if len(self._plans) > MAX_PLANS:
                 self._plans.popitem(last=False)
-        if plan is not None and method == "GET" and plan.operation != OperationType.QUERY:
-            return None  # the ordinary route refuses mutations over GET
         return plan
+
+    def subscription_plan(self, query: object, operation_name: object) -> Plan | None:
+        """The plan for an ``orderEvents`` subscription, if there is one."""
+        plan = self._plan_for(query, operation_name)
+        return plan if plan is not None and plan.operation == OperationType.SUBSCRIPTION else None
 
     def _compile(self, query: str, operation_name: str | None) -> Plan | None:
         try:
@@ -188,6 +202,8 @@ def _plan(document: DocumentNode, operation_name: str | None) -> Plan | None:
         serialize = _object_serializer(field.selection_set, _EVENT_FIELDS)
     elif (operation.operation, name) == (OperationType.QUERY, "orderEvents"):
         serialize = _object_serializer(field.selection_set, _COLLECTION_FIELDS)
+    elif (operation.operation, name) == (OperationType.SUBSCRIPTION, "orderEvents"):
+        serialize = _object_serializer(field.selection_set, _EVENT_FIELDS)
     else:
         return None
     if serialize is None:
@@ -447,3 +463,63 @@ def _id(value: Any) -> str:
 def _failed(plan: Plan, error: Exception, context: Context) -> Any:
     # The root fields are non-null: their error nulls the whole data, as in graphql-core.
     return ExecutionResult(data=None, errors=[convert(plan.error(error), context.request_id)])
+
+
+# Subscriptions -------------------------------------------------------------------------------
+# One event goes to many subscribers, most of them with the same document: its payload is
+# built once per (plan, event) and shared; only the operation id differs between frames.
+
+
+@dataclass(frozen=True)
+class Watch:
+    events: AsyncGenerator[StoredEvent, None]
+    plan: Plan
+
+
+def start_watch(plan: Plan, context: Context, variables: Mapping[str, Any] | None) -> Watch:
+    """The event stream of a subscription plan, or ``Fallback`` (bad variables, or a watch
+    refused: the ordinary route then reports it exactly as it always does)."""
+    values = plan.coerce_variables(variables)
+    account_id = _id(plan.argument("accountId", values))
+    order_id = plan.argument("orderId", values)
+    order_id = None if order_id is None else _id(order_id)
+    after = plan.argument("after", values)
+    if after is not None and not isinstance(after, str):
+        raise Fallback
+    try:
+        principal = context.require_principal()
+        live.check(principal, account_id, order_id, after)
+    except Exception:
+        raise Fallback from None
+    stream = live.watch(
+        principal,
+        context.broker,
+        account_id,
+        order_id,
+        after,
+        buffer_size=context.settings.subscription_buffer,
+    )
+    return Watch(events=stream, plan=plan)
+
+
+class Payloads:
+    """Recently built subscription payloads (JSON text), shared by subscribers."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        # The entry holds its plan, so that the plan's id cannot be reused while it is here.
+        self._texts: OrderedDict[tuple[int, str], tuple[Plan, str]] = OrderedDict()
+
+    def text(self, plan: Plan, event: StoredEvent, public_url: str) -> str:
+        key = (id(plan), event.id)
+        entry = self._texts.get(key)
+        if entry is None:
+            entry = (plan, json.dumps({"data": serialize_event(plan, event, public_url)}))
+            self._texts[key] = entry
+            if len(self._texts) > self._size:
+                self._texts.popitem(last=False)
+        return entry[1]
+
+
+def error_payload(plan: Plan, error: Exception, context: Context) -> dict[str, Any]:
+    return {"data": None, "errors": [convert(plan.error(error), context.request_id).formatted]}

@@ -85,7 +85,12 @@ class GraphQLApp(GraphQL[Context, None]):
         self.graphql_transport_ws_handler_class = type(
             "AppTransportWSHandler",
             (TransportWSHandler,),
-            {"connections": self.connections, "ping_interval": settings.ws_ping_interval_seconds},
+            {
+                "connections": self.connections,
+                "ping_interval": settings.ws_ping_interval_seconds,
+                "compiler": self.compiler,
+                "payloads": fastpath.Payloads(),
+            },
         )
         self.graphql_ws_handler_class = type(
             "AppLegacyWSHandler",

@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
+from starlette.websockets import WebSocketDisconnect
+from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
+    Operation,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
+from app.api import fastpath
 from app.api.context import Context
 
 logger = logging.getLogger(__name__)
@@ -96,6 +101,42 @@ def _limit_error(limit: int) -> dict[str, Any]:
 class TransportWSHandler(_ExpiryMixin, BaseGraphQLTransportWSHandler[Context, None]):
     connections: Connections
     ping_interval: float
+    compiler: fastpath.Compiler
+    payloads: fastpath.Payloads
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        """The compiled route for plain ``orderEvents`` subscriptions (see app.api.fastpath):
+        each event's payload is built once and shared by every subscriber of the document."""
+        plan = self.compiler.subscription_plan(operation.query, operation.operation_name)
+        if plan is None:
+            await super().run_operation(operation)
+            return
+        try:
+            watch = fastpath.start_watch(plan, self.context, operation.variables)
+        except fastpath.Fallback:
+            await super().run_operation(operation)
+            return
+        prefix = json.dumps({"id": operation.id, "type": "next"})[:-1] + ',"payload":'
+        public_url = self.context.settings.public_url
+        # The frames are JSON text already: sent as they are, not encoded again.
+        socket = cast(ASGIWebSocketAdapter, self.websocket).ws
+        try:
+            async with contextlib.aclosing(watch.events) as events:
+                async for event in events:
+                    if operation.completed:
+                        return
+                    text = self.payloads.text(plan, event, public_url)
+                    await socket.send_text(prefix + text + "}")
+        except (asyncio.CancelledError, WebSocketDisconnect):
+            raise
+        except Exception as error:
+            payload: Any = fastpath.error_payload(plan, error, self.context)
+            with contextlib.suppress(Exception):
+                await operation.send_operation_message(
+                    {"id": operation.id, "type": "next", "payload": payload}
+                )
+        with contextlib.suppress(Exception):
+            await operation.send_operation_message({"id": operation.id, "type": "complete"})
 
     async def handle_subscribe(self, message: Any) -> None:
         # Strawberry refuses with a bare message; the contract wants an error code.
