@@ -50,12 +50,15 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
     ready = 0
     all_ready = asyncio.Event()
 
+    # A few handshakes at a time: a flood of them overflows the server's listen backlog.
+    opening = asyncio.Semaphore(50)
+
     async def one() -> None:
         nonlocal ready
-        # Thousands of handshakes queue at the server: no client-side deadline for them.
-        async with connect(
-            ws_url, subprotocols=["graphql-transport-ws"], max_size=None, open_timeout=None
-        ) as ws:
+        async with opening:
+            ws = await connect(
+                ws_url, subprotocols=["graphql-transport-ws"], max_size=None, open_timeout=None
+            )
             await ws.send(
                 json.dumps(
                     {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
@@ -63,6 +66,7 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
             )
             ack = json.loads(await ws.recv())
             assert ack["type"] == "connection_ack", ack
+        async with ws:
             await ws.send(
                 json.dumps(
                     {
@@ -86,11 +90,7 @@ async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> No
                 elif message["type"] == "ping":
                     await ws.send(json.dumps({"type": "pong"}))
 
-    tasks = []
-    for _ in range(count):
-        tasks.append(asyncio.create_task(one()))
-        if len(tasks) % 100 == 0:
-            await asyncio.sleep(0.05)  # don't stampede the server's accept queue
+    tasks = [asyncio.create_task(one()) for _ in range(count)]
     ready_or_failed = asyncio.create_task(all_ready.wait())
     await asyncio.wait([ready_or_failed, *tasks], return_when=asyncio.FIRST_COMPLETED)
     failed = [task for task in tasks if task.done() and task.exception() is not None]
