@@ -14,6 +14,7 @@ So every event is delivered once, in order, whether it came from the table or th
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
@@ -84,7 +85,7 @@ async def watch(
     subscription = broker.hub.subscribe(account_id, order_id, buffer_size)
     try:
         if start is None:
-            last = await events.latest(account_id, order_id)
+            last = await _latest(account_id, order_id)
             progress = _Progress(0, events.START_CURSOR)
             if last is not None:
                 progress = _Progress(_number(last, order_id), last.cursor)
@@ -116,6 +117,31 @@ async def watch(
             yield item
     finally:
         subscription.close()
+
+
+# Stream -> the lookup of its latest event under way. Subscriptions that start together (all
+# clients reconnecting after a deploy) share one query per stream instead of queueing
+# thousands for the pool. A shared answer may be a little older than a later subscriber's
+# start; that subscriber then also gets the few events in between, from the table, as its
+# gap check sees them: older events, never a missing one.
+_latest_lookups: dict[tuple[str, str | None], asyncio.Task[StoredEvent | None]] = {}
+
+
+async def _latest(account_id: str, order_id: str | None) -> StoredEvent | None:
+    key = (account_id, order_id)
+    lookup = _latest_lookups.get(key)
+    if lookup is None:
+        lookup = asyncio.ensure_future(events.latest(account_id, order_id))
+        _latest_lookups[key] = lookup
+        lookup.add_done_callback(lambda done: _forget(key, done))
+    # Shielded: one subscriber going away must not cancel the others' lookup.
+    return await asyncio.shield(lookup)
+
+
+def _forget(key: tuple[str, str | None], lookup: asyncio.Task[StoredEvent | None]) -> None:
+    _latest_lookups.pop(key, None)
+    if not lookup.cancelled():
+        lookup.exception()  # its subscribers may all have gone: it is seen either way
 
 
 async def _catch_up(

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator
 
 import pytest
 
+import app.events
 from app import live
 from app.auth import Principal
 from app.broker import RESYNC, Hub, LocalBroker, Subscription
@@ -248,3 +249,20 @@ async def test_overflow_before_any_event_leaves_a_way_to_resume_without_loss(
     watchers.append(resumed)
 
     assert await resumed.take(2) == ids(e)
+
+
+async def test_subscriptions_starting_together_share_one_lookup_of_the_head(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lookups = 0
+
+    async def slow_latest(account_id: str, order_id: str | None) -> None:
+        nonlocal lookups
+        lookups += 1
+        await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(app.events, "latest", slow_latest)
+
+    answers = await asyncio.gather(*(live._latest(ACCOUNT, ORDER) for _ in range(20)))
+
+    assert (lookups, answers) == (1, [None] * 20)
