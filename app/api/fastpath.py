@@ -108,6 +108,10 @@ class Plan:
         value = _literal(node, variables)
         return default if value is _MISSING else value
 
+    def data(self, value: StoredEvent | EventPage, public_url: str) -> dict[str, Any]:
+        """The response's ``data`` for the root field's value."""
+        return {self.response_key: self.serialize(value, public_url)}
+
     def error(self, exception: Exception) -> GraphQLError:
         return GraphQLError(
             str(exception),
@@ -308,14 +312,6 @@ _COLLECTION_FIELDS: FieldTable = {
 }
 
 
-def serialize_event(plan: Plan, event: StoredEvent, public_url: str) -> dict[str, Any]:
-    return {plan.response_key: plan.serialize(event, public_url)}
-
-
-def serialize_page(plan: Plan, page: EventPage, public_url: str) -> dict[str, Any]:
-    return {plan.response_key: plan.serialize(page, public_url)}
-
-
 # Values -------------------------------------------------------------------------------------
 
 
@@ -440,7 +436,7 @@ async def execute(plan: Plan, context: Context, variables: Mapping[str, Any] | N
             )
         except Exception as error:
             return _failed(plan, error, context)
-        return ExecutionResult(data=serialize_event(plan, stored, public_url), errors=None)
+        return ExecutionResult(data=plan.data(stored, public_url), errors=None)
     account_id = _id(plan.argument("accountId", values))
     order_id = _id(plan.argument("orderId", values))
     first = plan.argument("first", values, default=50)
@@ -449,7 +445,7 @@ async def execute(plan: Plan, context: Context, variables: Mapping[str, Any] | N
         page = await operations.order_events(context, account_id, order_id, first, after)
     except Exception as error:
         return _failed(plan, error, context)
-    return ExecutionResult(data=serialize_page(plan, page, public_url), errors=None)
+    return ExecutionResult(data=plan.data(page, public_url), errors=None)
 
 
 def _id(value: Any) -> str:
@@ -514,7 +510,7 @@ class Payloads:
         key = (id(plan), event.id)
         entry = self._texts.get(key)
         if entry is None:
-            entry = (plan, json.dumps({"data": serialize_event(plan, event, public_url)}))
+            entry = (plan, json.dumps({"data": plan.data(event, public_url)}))
             self._texts[key] = entry
             if len(self._texts) > self._size:
                 self._texts.popitem(last=False)
