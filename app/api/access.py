@@ -44,21 +44,47 @@ def log_request(request: Request, status: int, started: float) -> None:
     if not logger.isEnabledFor(logging.INFO):
         return
     state = request.state
-    principal: Principal | None = getattr(state, "principal", None)
-    operation = getattr(state, "operation", None)
+    client = request.scope.get("client")
+    write_line(
+        request_id=getattr(state, "request_id", None),
+        method=request.method,
+        operation=getattr(state, "operation", None),
+        principal=getattr(state, "principal", None),
+        client=client[0] if client else None,
+        status=status,
+        started=started,
+        errors=getattr(state, "error_codes", []),
+    )
+
+
+def write_line(
+    *,
+    request_id: str | None,
+    method: str,
+    operation: object,
+    principal: Principal | None,
+    client: str | None,
+    status: int,
+    started: float,
+    errors: list[str],
+) -> None:
+    """Writes one access log line (``log_request``'s, or the fast route's own)."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
     if not (isinstance(operation, str) and _NAME.fullmatch(operation)):
         operation = None
     line = {
-        "requestId": getattr(state, "request_id", None),
-        "method": request.method,
+        "requestId": request_id,
+        "method": method,
         "operation": operation,
         "account": principal.account_id if principal else None,
         "caller": principal.subject if principal else None,
-        "client": request.client.host if request.client else None,
+        "client": client,
         "status": status,
         "durationMs": round((time.perf_counter() - started) * 1000, 3),
-        "errors": getattr(state, "error_codes", []),
+        "errors": errors,
     }
+    # ASCII only: no character in a value can end the line, for any reader of the log.
     logger.info(json.dumps(line, separators=(",", ":")))
 
 

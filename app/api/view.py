@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
-import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
@@ -37,6 +37,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from app.api import access, fastpath
 from app.api.body import InvalidJSON, decode_json, limit_body
 from app.api.context import Context
+from app.api.encoding import encode_json, new_request_id
 from app.api.errors import convert, refusal_body
 from app.api.websocket import Connections, LegacyWSHandler, TransportWSHandler, find_authorization
 from app.auth import KeySourceError, TokenError, TokenValidator
@@ -50,6 +51,8 @@ from app.writer import EventWriter
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 _OBJECT_OR_LIST = re.compile(rb"[ \t\r\n]*[{\[]")
 JSON = "application/json"
+# Set on a request whose caller the fast HTTP route (app.api.fasthttp) has already counted.
+RATE_COUNTED = "rate_counted"
 
 
 class GraphQLApp(GraphQL[Context, None]):
@@ -104,7 +107,7 @@ class GraphQLApp(GraphQL[Context, None]):
             return
         started = time.perf_counter()
         request = Request(scope, limit_body(scope, receive, self.settings.max_body_bytes))
-        request.state.request_id = uuid.uuid4().hex
+        request.state.request_id = new_request_id()
         try:
             response = await self.run(request)
         except HTTPException as error:
@@ -119,7 +122,7 @@ class GraphQLApp(GraphQL[Context, None]):
             response = _request_error("No GraphQL query found in the request", 400)
             request.state.error_codes = ["BAD_USER_INPUT"]
         except RateLimited as error:
-            response = _rate_limited(error)
+            response = rate_limited_response(error)
             request.state.error_codes = [error.code]
         except Exception:
             access.log_request(request, 500, started)
@@ -131,7 +134,7 @@ class GraphQLApp(GraphQL[Context, None]):
             access.log_request(request, response.status_code, started)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
+        request_id = getattr(request.state, "request_id", None) or new_request_id()
         request.state.request_id = request_id
         context = Context(
             request=request,
@@ -146,7 +149,7 @@ class GraphQLApp(GraphQL[Context, None]):
             await self._authenticate(context, header)
         if isinstance(request, Request):
             request.state.principal = context.principal
-            if self.rate_limiter is not None:
+            if self.rate_limiter is not None and not getattr(request.state, RATE_COUNTED, False):
                 # After the token is checked, so that nobody can spend another's requests.
                 principal = context.principal
                 client = request.client.host if request.client else None
@@ -238,7 +241,7 @@ class GraphQLApp(GraphQL[Context, None]):
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)
         request.state.sub_response = sub_response
-        sub_response.media_type = _negotiate(request.headers.get("accept", ""))
+        sub_response.media_type = negotiate(request.headers.get("accept", ""))
         return sub_response
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
@@ -248,34 +251,18 @@ class GraphQLApp(GraphQL[Context, None]):
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
         sub_response: Response = request.state.sub_response
-        if result.errors:
-            # A syntax error raised by ParserCache's parse hook escapes the operation hook that
-            # maps errors (ErrorCodes): map whatever it missed here, so every error has a code.
-            request_id = getattr(request.state, "request_id", "-")
-            result.errors = [
-                error if (error.extensions or {}).get("code") else convert(error, request_id)
-                for error in result.errors
-            ]
-        body: GraphQLHTTPResponse = {"data": result.data}
-        if result.errors:
-            body["errors"] = [error.formatted for error in result.errors]
-        if result.extensions:
-            body["extensions"] = result.extensions
-
-        codes = {(e.extensions or {}).get("code") for e in result.errors or ()}
-        request.state.error_codes = sorted(str(code) for code in codes)
-        failed_before_execution = result.data is None and all(
-            not e.path for e in result.errors or ()
+        shaped = shape_result(
+            result, sub_response.media_type or JSON, getattr(request.state, "request_id", "-")
         )
-        if "UNAUTHENTICATED" in codes:
-            sub_response.status_code = 401
-            sub_response.headers["www-authenticate"] = 'Bearer error="invalid_token"'
-        elif failed_before_execution and sub_response.media_type == GRAPHQL_RESPONSE:
-            sub_response.status_code = 400
-        if failed_before_execution:
-            # No operation ran, so per the specification there is no data entry at all.
-            del body["data"]
-        return body
+        request.state.error_codes = shaped.codes
+        if shaped.status is not None:
+            sub_response.status_code = shaped.status
+        for name, value in shaped.headers:
+            sub_response.headers[name] = value
+        return shaped.body
+
+    def encode_json(self, data: object) -> bytes:
+        return encode_json(data)
 
     def create_response(
         self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
@@ -286,7 +273,7 @@ class GraphQLApp(GraphQL[Context, None]):
         return response
 
 
-def _negotiate(accept: str) -> str:
+def negotiate(accept: str) -> str:
     """The response media type: graphql-response+json only when the client asks for it first."""
     for part in accept.split(","):
         media_type = part.split(";")[0].strip().lower()
@@ -297,7 +284,48 @@ def _negotiate(accept: str) -> str:
     return JSON
 
 
-def _rate_limited(error: RateLimited) -> Response:
+@dataclass(frozen=True)
+class Shaped:
+    """An execution result as the HTTP response carries it."""
+
+    body: GraphQLHTTPResponse
+    status: int | None  # None: the default, 200
+    headers: tuple[tuple[str, str], ...]
+    codes: list[str]  # the errors' extensions.code, for the access log
+
+
+def shape_result(result: ExecutionResult, media_type: str, request_id: str) -> Shaped:
+    """The body, status and extra headers of ``result`` answered as ``media_type``."""
+    errors = result.errors or []
+    if errors:
+        # A syntax error raised by ParserCache's parse hook escapes the operation hook that
+        # maps errors (ErrorCodes): map whatever it missed here, so every error has a code.
+        errors = [
+            error if (error.extensions or {}).get("code") else convert(error, request_id)
+            for error in errors
+        ]
+    body: GraphQLHTTPResponse = {"data": result.data}
+    if errors:
+        body["errors"] = [error.formatted for error in errors]
+    if result.extensions:
+        body["extensions"] = result.extensions
+
+    codes = {(e.extensions or {}).get("code") for e in errors}
+    failed_before_execution = result.data is None and all(not e.path for e in errors)
+    status: int | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    if "UNAUTHENTICATED" in codes:
+        status = 401
+        headers = (("www-authenticate", 'Bearer error="invalid_token"'),)
+    elif failed_before_execution and media_type == GRAPHQL_RESPONSE:
+        status = 400
+    if failed_before_execution:
+        # No operation ran, so per the specification there is no data entry at all.
+        del body["data"]
+    return Shaped(body, status, headers, sorted(str(code) for code in codes))
+
+
+def rate_limited_response(error: RateLimited) -> Response:
     response = JSONResponse(refusal_body(error), status_code=429, media_type=JSON)
     response.headers["retry-after"] = str(max(1, math.ceil(error.retry_after)))
     return response
