@@ -18,6 +18,7 @@ to the same answers.
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
@@ -225,13 +226,19 @@ def _plan(document: DocumentNode, operation_name: str | None) -> Plan | None:
 
 
 # Serializers: a field name -> how to read it, with its own sub-selection where it has one.
+# A leaf is read either as an attribute path of the value (``"version"``, ``"state.name"``)
+# or by a function of the value and the public URL. Each selection compiles into one Python
+# function that builds its dictionary in a single expression: the cheapest way CPython has
+# of building it, which matters for a page of events.
 
 FieldReader = Callable[[Any, str], Any]
 FieldTable = Mapping[str, tuple[str, Any]]  # name -> ("leaf", reader) or ("object"/"list", table)
+_NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
+_ATTRIBUTE_PATH = re.compile(r"[a-z_]+(\.[a-z_]+)*")
 
 
 def _object_serializer(selection_set: SelectionSetNode, table: FieldTable) -> Serializer | None:
-    readers: list[tuple[str, FieldReader]] = []
+    readers: list[tuple[str, str | FieldReader]] = []
     seen = set()
     for selection in selection_set.selections:
         if not isinstance(selection, FieldNode) or selection.directives or selection.arguments:
@@ -256,10 +263,29 @@ def _object_serializer(selection_set: SelectionSetNode, table: FieldTable) -> Se
         if inner is None:
             return None
         readers.append((key, _nested(kind, getter, inner)))
+    return _compile_object(readers)
 
-    def serialize(value: Any, public_url: str) -> dict[str, Any]:
-        return {key: read(value, public_url) for key, read in readers}
 
+def _compile_object(readers: list[tuple[str, str | FieldReader]]) -> Serializer:
+    """``def serialize(value, url): return {key: value.path, key: reader(value, url), ...}``.
+
+    Keys are GraphQL names (the parser admits nothing else) and attribute paths come from
+    this module's tables; both are checked again here before they become source text."""
+    namespace: dict[str, Any] = {}
+    items = []
+    for index, (key, reader) in enumerate(readers):
+        if not _NAME.fullmatch(key):
+            raise ValueError(f"not a GraphQL name: {key!r}")
+        if isinstance(reader, str):
+            if not _ATTRIBUTE_PATH.fullmatch(reader):
+                raise ValueError(f"not an attribute path: {reader!r}")
+            items.append(f"{key!r}: value.{reader}")
+        else:
+            namespace[f"read_{index}"] = reader
+            items.append(f"{key!r}: read_{index}(value, url)")
+    source = f"def serialize(value, url):\n    return {{{', '.join(items)}}}\n"
+    exec(source, namespace)  # noqa: S102 (source built above from checked names only)
+    serialize: Serializer = namespace["serialize"]
     return serialize
 
 
@@ -267,6 +293,10 @@ def _nested(kind: str, getter: FieldReader, inner: Serializer) -> FieldReader:
     if kind == "list":
         return lambda value, url: [inner(item, url) for item in getter(value, url)]
     return lambda value, url: inner(getter(value, url), url)
+
+
+def _attribute(path: str) -> tuple[str, str]:
+    return "leaf", path
 
 
 def _leaf(read: Callable[[Any], Any]) -> tuple[str, FieldReader]:
@@ -278,35 +308,35 @@ def _typename(name: str) -> tuple[str, FieldReader]:
 
 
 _LINK_FIELDS: FieldTable = {
-    "href": _leaf(lambda link: link.href),
-    "rel": _leaf(lambda link: link.rel),
+    "href": _attribute("href"),
+    "rel": _attribute("rel"),
     "__typename": _typename("Link"),
 }
 _EVENT_FIELDS: FieldTable = {
-    "id": _leaf(lambda e: e.id),
-    "eventType": _leaf(lambda e: e.event_type),
-    "accountId": _leaf(lambda e: e.account_id),
-    "orderId": _leaf(lambda e: e.order_id),
-    "state": _leaf(lambda e: e.state.name),
-    "service": _leaf(lambda e: e.service),
-    "serviceStatus": _leaf(lambda e: e.service_status),
-    "description": _leaf(lambda e: e.description),
-    "metadata": _leaf(lambda e: e.metadata),
+    "id": _attribute("id"),
+    "eventType": _attribute("event_type"),
+    "accountId": _attribute("account_id"),
+    "orderId": _attribute("order_id"),
+    "state": _attribute("state.name"),
+    "service": _attribute("service"),
+    "serviceStatus": _attribute("service_status"),
+    "description": _attribute("description"),
+    "metadata": _attribute("metadata"),
     "createdAt": _leaf(lambda e: e.created_at.isoformat()),
-    "createdBy": _leaf(lambda e: e.created_by),
-    "version": _leaf(lambda e: e.version),
-    "cursor": _leaf(lambda e: e.cursor),
+    "createdBy": _attribute("created_by"),
+    "version": _attribute("version"),
+    "cursor": _attribute("cursor"),
     "links": ("list", (lambda e, url: links(e, url), _LINK_FIELDS)),
     "__typename": _typename("OrderStatusEvent"),
 }
 _PAGE_INFO_FIELDS: FieldTable = {
-    "hasNextPage": _leaf(lambda page: page.has_next_page),
-    "endCursor": _leaf(lambda page: page.end_cursor),
+    "hasNextPage": _attribute("has_next_page"),
+    "endCursor": _attribute("end_cursor"),
     "__typename": _typename("PageInfo"),
 }
 _COLLECTION_FIELDS: FieldTable = {
     "events": ("list", (lambda page, _url: page.events, _EVENT_FIELDS)),
-    "state": _leaf(lambda page: page.state.name),
+    "state": _attribute("state.name"),
     "pageInfo": ("object", (lambda page, _url: page, _PAGE_INFO_FIELDS)),
     "__typename": _typename("OrderEventCollection"),
 }
