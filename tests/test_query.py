@@ -6,7 +6,9 @@ import base64
 from typing import Any
 
 import pytest
+from tortoise.connection import get_connection
 
+from app.events import PAGE_SQL
 from app.settings import Settings
 from tests.helpers import ORDER, bad_fields, created, timeline
 
@@ -231,3 +233,20 @@ async def test_a_bad_identifier_in_a_read_is_bad_user_input(
     client: Any, account_id: str, order_id: str, field: str
 ) -> None:
     assert bad_fields(await timeline(client, order_id, account_id)) == [field]
+
+
+async def test_the_combined_state_is_read_from_the_partial_indexes(client: Any) -> None:
+    """The flags' conditions must match migration 0002's indexes word for word, or SQLite
+    falls back to reading every event of the order (PostgreSQL proves implication, but its
+    choice also depends on table statistics, so the plan is checked on SQLite)."""
+    connection = get_connection("default")
+    if connection.capabilities.dialect != "sqlite":
+        pytest.skip("the plan is checked on SQLite")
+
+    _, rows = await connection.execute_query(
+        "EXPLAIN QUERY PLAN " + PAGE_SQL, ["T12345678", ORDER] * 4 + [0, 21]
+    )
+
+    plan = " / ".join(str(row["detail"]) for row in rows)
+    assert "USING INDEX order_events_failed" in plan, plan
+    assert "USING INDEX order_events_pending" in plan, plan
