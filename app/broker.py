@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from app.encoding import encode_json
 from app.events import StoredEvent
 from app.models import OrderEvent
 
@@ -213,11 +214,10 @@ class PostgresBroker(Broker):
     ) -> None:
         payloads = []
         for event in events:
-            payload = json.dumps(event.to_record(), ensure_ascii=False, separators=(",", ":"))
-            if len(payload.encode()) > MAX_PAYLOAD:
-                reference = {"ref": event.id, "a": event.account_id, "o": event.order_id}
-                payload = json.dumps(reference)
-            payloads.append(payload)
+            encoded = encode_json(event.to_record())
+            if len(encoded) > MAX_PAYLOAD:
+                encoded = encode_json({"ref": event.id, "a": event.account_id, "o": event.order_id})
+            payloads.append(encoded.decode())
         # One statement for the whole batch; unnest yields the payloads in array order, and
         # notifications of one transaction are delivered in the order they were sent.
         await connection.execute_query(

@@ -27,7 +27,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api import access, fastpath
 from app.api.body import InvalidJSON, decode_json
 from app.api.context import Context
-from app.api.encoding import encode_json, new_request_id
 from app.api.view import (
     JSON,
     RATE_COUNTED,
@@ -37,6 +36,7 @@ from app.api.view import (
     shape_result,
 )
 from app.auth import KeySourceError, Principal, TokenError
+from app.encoding import encode_json, new_request_id
 from app.errors import RateLimited
 
 _KEYS = frozenset({"query", "variables", "operationName"})

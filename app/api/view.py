@@ -37,11 +37,11 @@ from strawberry.types.unset import UNSET, UnsetType
 from app.api import access, fastpath
 from app.api.body import InvalidJSON, decode_json, limit_body
 from app.api.context import Context
-from app.api.encoding import encode_json, new_request_id
 from app.api.errors import convert, refusal_body
 from app.api.websocket import Connections, LegacyWSHandler, TransportWSHandler, find_authorization
 from app.auth import KeySourceError, TokenError, TokenValidator
 from app.broker import Broker
+from app.encoding import encode_json, new_request_id
 from app.errors import RateLimited
 from app.graphiql import graphiql_html
 from app.ratelimit import RateLimiter
