@@ -95,10 +95,7 @@ class StoredEvent:
         if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
             created_at = datetime.fromisoformat(created_at)
         metadata = record["metadata"]
-        # Pages hold many events: fill the instance's __dict__ at once, which costs a tenth
-        # of the frozen dataclass's __init__ (one object.__setattr__ per field).
-        event = object.__new__(cls)
-        event.__dict__.update(
+        return cls._filled(
             id=record["event_id"],
             account_id=record["account_id"],
             order_id=record["order_id"],
@@ -113,11 +110,10 @@ class StoredEvent:
             created_at=created_at,
             created_by=record["created_by"],
         )
-        return event
 
     @classmethod
     def from_row(cls, row: OrderEvent) -> StoredEvent:
-        return cls(
+        return cls._filled(
             id=row.event_id,
             account_id=row.account_id,
             order_id=row.order_id,
@@ -132,6 +128,15 @@ class StoredEvent:
             created_at=row.created_at,
             created_by=row.created_by,
         )
+
+    @classmethod
+    def _filled(cls, **fields: Any) -> StoredEvent:
+        # Pages and batches hold many events: filling the instance's __dict__ at once costs
+        # a tenth of the frozen dataclass's __init__ (one object.__setattr__ per field).
+        # Every field must be given, as __init__ would insist.
+        event = object.__new__(cls)
+        event.__dict__.update(fields)
+        return event
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from tortoise.transactions import in_transaction
 from app import idempotency
 from app.errors import Conflict
 from app.events import StoredEvent
-from app.models import OrderEvent
+from app.models import EventState, OrderEvent
 from app.sql import placeholders
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ class EventWriter:
                     row.version = latest[order_key] - len(members) + 1 + offset
             for row in rows:
                 row.created_at = created_at
-            await OrderEvent.bulk_create(rows, using_db=connection)
+            await _insert(connection, rows)
             stored = [StoredEvent.from_row(row) for row in rows]
             if self._publisher is not None:
                 await self._publisher.in_transaction(connection, stored)
@@ -146,6 +146,41 @@ class EventWriter:
             if self._publisher is not None:
                 await self._publisher.in_transaction(connection, [stored])
         return stored
+
+
+_COLUMNS = (
+    "event_id, account_id, order_id, version, position, event_type, state, service,"
+    " service_status, description, metadata, created_at, created_by"
+)
+_ROW = "(" + ", ".join("?" * 13) + ")"
+
+
+async def _insert(connection: BaseDBAsyncClient, rows: list[OrderEvent]) -> None:
+    """One multi-row INSERT for the batch (the ORM's bulk_create cost a tenth of a write's
+    CPU building its query). The datetime goes to the driver as it is: asyncpg binds it as
+    timestamptz, and Tortoise's SQLite adapter writes the same text as the ORM does."""
+    values = ", ".join(_ROW for _ in rows)
+    sql = placeholders(connection, f"INSERT INTO order_events ({_COLUMNS}) VALUES {values}")  # noqa: S608
+    params: list[object] = []
+    for row in rows:
+        params.extend(
+            (
+                row.event_id,
+                row.account_id,
+                row.order_id,
+                row.version,
+                row.position,
+                row.event_type,
+                EventState(row.state).value,
+                row.service,
+                row.service_status,
+                row.description,
+                row.metadata,
+                row.created_at,
+                row.created_by,
+            )
+        )
+    await connection.execute_query(sql, params)
 
 
 async def _bump_position(connection: BaseDBAsyncClient, account_id: str, count: int) -> int:
