@@ -3,8 +3,10 @@ a token, never the data a client sent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ import httpx
 import pytest
 
 import app.validation
+from app.api import access
+from app.auth import Principal
 from tests.conftest import ClientWith, Mint
 from tests.helpers import CREATE, create_variables, event_input
 from tests.servers import running_servers, stop_server
@@ -187,3 +191,69 @@ def test_a_server_writes_the_lines_to_its_output(
     lines = [line for line in server.output().splitlines() if line.startswith("{")]
     assert [json.loads(line)["operation"] for line in lines] == ["Timeline"]
     assert token not in server.output()
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.text = ""
+        self.flushes = 0
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.LogRecord("app.access", logging.INFO, __file__, 0, message, (), None)
+
+
+async def test_lines_of_one_loop_iteration_are_flushed_together() -> None:
+    stream = _Stream()
+    handler = access.FlushPerTick(stream)
+
+    for n in range(3):
+        handler.handle(_record(f"line {n}"))
+    assert stream.text == "line 0\nline 1\nline 2\n"
+    assert stream.flushes == 0
+    await asyncio.sleep(0)
+    assert stream.flushes == 1
+    handler.handle(_record("line 3"))
+    await asyncio.sleep(0)
+    assert stream.flushes == 2
+
+
+def test_outside_a_loop_every_line_is_flushed() -> None:
+    stream = _Stream()
+    handler = access.FlushPerTick(stream)
+
+    handler.handle(_record("one"))
+    handler.handle(_record("two"))
+
+    assert stream.flushes == 2
+
+
+def test_a_line_stays_ascii_whatever_the_caller_is_called(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    caller = "kü\u2028che\u2029\n{x}"
+    principal = Principal(
+        subject=caller, account_id="T12345678", scopes=frozenset(), expires_at=0.0
+    )
+
+    access.write_line(
+        request_id="r",
+        method="POST",
+        operation="Op",
+        principal=principal,
+        client=None,
+        status=200,
+        started=time.perf_counter(),
+        errors=[],
+    )
+
+    (record,) = [r for r in logs.records if r.name == "app.access"]
+    text = record.getMessage()
+    assert text.isascii() and len(text.splitlines()) == 1
+    assert json.loads(text)["caller"] == caller
