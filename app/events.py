@@ -11,15 +11,15 @@ import binascii
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
 from tortoise.connection import get_connection
 
-from app import idempotency, validation
+from app import idempotency, sqlite_reads, validation
 from app.auth import Principal
 from app.errors import BadUserInput, Conflict, FieldError, Forbidden
 from app.models import EventState, OrderEvent
@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from app.writer import EventWriter
 
 SERVICE_EVENT = "service-event"
+# An event's columns, in the order StoredEvent.from_columns reads them.
+COLUMNS = (
+    "event_id, account_id, order_id, version, position, event_type, state, service,"
+    " service_status, description, metadata, created_at, created_by"
+)
 _STATES = {state.value: state for state in EventState}
 
 
@@ -109,6 +114,31 @@ class StoredEvent:
             metadata=None if metadata is None else json.loads(metadata),
             created_at=created_at,
             created_by=record["created_by"],
+        )
+
+    @classmethod
+    def from_columns(cls, row: Sequence[Any], start: int = 0) -> StoredEvent:
+        """From a row holding ``COLUMNS`` in that order from ``start`` on. By position:
+        sqlite3.Row finds a column by name with a case-blind scan of all its names."""
+        values = row[start : start + 13]
+        (event_id, account_id, order_id, version, position, event_type, state) = values[:7]
+        (service, service_status, description, metadata, created_at, created_by) = values[7:]
+        if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
+            created_at = datetime.fromisoformat(created_at)
+        return cls._filled(
+            id=event_id,
+            account_id=account_id,
+            order_id=order_id,
+            version=version,
+            position=position,
+            event_type=event_type,
+            state=_STATES[state],
+            service=service,
+            service_status=service_status,
+            description=description,
+            metadata=None if metadata is None else json.loads(metadata),
+            created_at=created_at,
+            created_by=created_by,
         )
 
     @classmethod
@@ -346,7 +376,7 @@ async def list_events(
 # state conditions are written exactly as the partial indexes of migration 0002 are, so
 # that each flag is one probe of a small index whatever the order's length.
 PAGE_SQL = (
-    "SELECT flags.failed, flags.pending, flags.any_event, page.* FROM (SELECT"
+    "SELECT flags.failed, flags.pending, flags.any_event, page.* FROM (SELECT"  # noqa: S608
     " EXISTS (SELECT 1 FROM order_events"
     "  WHERE account_id = ? AND order_id = ? AND state IN ('error', 'failure')) AS failed,"
     " EXISTS (SELECT 1 FROM order_events e"
@@ -357,9 +387,7 @@ PAGE_SQL = (
     " EXISTS (SELECT 1 FROM order_events"
     "  WHERE account_id = ? AND order_id = ?) AS any_event"
     ") AS flags LEFT JOIN ("
-    " SELECT event_id, account_id, order_id, version, position, event_type, state,"
-    " service, service_status, description, metadata, created_at, created_by"
-    " FROM order_events"
+    f" SELECT {COLUMNS} FROM order_events"
     "  WHERE account_id = ? AND order_id = ? AND version > ? ORDER BY version LIMIT ?"
     ") AS page ON 1 = 1 ORDER BY page.version"
 )
@@ -376,19 +404,21 @@ async def read_page(
     page, so it comes back even when the page is empty.
     """
     connection = get_connection("default")
-    sql = placeholders(connection, PAGE_SQL)
-    # Rows as the driver gives them (sqlite3.Row, asyncpg.Record), read by column name:
-    # copying each into a dict first cost a read more than building its events.
-    _, records = await connection.execute_query(
-        sql, [account_id, order_id] * 4 + [after_version, limit]
-    )
-    first = records[0]
-    state = state_from_flags(
-        failed=bool(first["failed"]), pending=bool(first["pending"]), empty=not first["any_event"]
-    )
-    if first["event_id"] is None:
+    params = [account_id, order_id] * 4 + [after_version, limit]
+    inline = sqlite_reads.reader_for(connection)
+    rows: Sequence[Sequence[Any]] | None = None
+    if inline is not None:
+        rows = inline.fetch(PAGE_SQL, params)
+    if rows is None:
+        # Rows as the driver gives them (sqlite3.Row, asyncpg.Record), read by position:
+        # copying each into a dict first cost a read more than building its events.
+        _, records = await connection.execute_query(placeholders(connection, PAGE_SQL), params)
+        rows = cast("Sequence[Sequence[Any]]", records)
+    failed, pending, any_event, first_event_id = rows[0][:4]
+    state = state_from_flags(failed=bool(failed), pending=bool(pending), empty=not any_event)
+    if first_event_id is None:
         return state, []
-    return state, [StoredEvent.from_record(record) for record in records]
+    return state, [StoredEvent.from_columns(row, 3) for row in rows]
 
 
 def state_from_flags(*, failed: bool, pending: bool, empty: bool) -> EventState:

@@ -27,7 +27,7 @@ from tortoise.transactions import in_transaction
 
 from app import idempotency
 from app.errors import Conflict
-from app.events import StoredEvent
+from app.events import COLUMNS, StoredEvent
 from app.models import EventState, OrderEvent
 from app.sql import placeholders
 
@@ -148,10 +148,6 @@ class EventWriter:
         return stored
 
 
-_COLUMNS = (
-    "event_id, account_id, order_id, version, position, event_type, state, service,"
-    " service_status, description, metadata, created_at, created_by"
-)
 _ROW = "(" + ", ".join("?" * 13) + ")"
 
 
@@ -160,7 +156,7 @@ async def _insert(connection: BaseDBAsyncClient, rows: list[OrderEvent]) -> None
     CPU building its query). The datetime goes to the driver as it is: asyncpg binds it as
     timestamptz, and Tortoise's SQLite adapter writes the same text as the ORM does."""
     values = ", ".join(_ROW for _ in rows)
-    sql = placeholders(connection, f"INSERT INTO order_events ({_COLUMNS}) VALUES {values}")  # noqa: S608
+    sql = placeholders(connection, f"INSERT INTO order_events ({COLUMNS}) VALUES {values}")  # noqa: S608
     params: list[object] = []
     for row in rows:
         params.extend(

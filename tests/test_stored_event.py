@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime
 
-from app.events import StoredEvent
+import pytest
+
+from app.events import COLUMNS, StoredEvent
 from app.models import EventState, OrderEvent
 
 EVENT = StoredEvent(
@@ -40,6 +42,14 @@ def test_from_record_reads_sqlite_text_times() -> None:
     record = {**EVENT.to_record(), "created_at": "2026-11-27 15:36:26.750376+00:00"}
 
     _same(StoredEvent.from_record(record))
+
+
+@pytest.mark.parametrize("start", [0, 3])
+def test_from_columns_builds_what_init_builds(start: int) -> None:
+    record = EVENT.to_record()
+    row = ("x",) * start + tuple(record[name.strip()] for name in COLUMNS.split(","))
+
+    _same(StoredEvent.from_columns(row, start))
 
 
 def test_from_row_builds_what_init_builds() -> None:
