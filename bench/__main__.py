@@ -1,7 +1,8 @@
 """``scripts/bench``: start servers, drive load from separate processes, print and save figures.
 
 Every figure stands next to its baseline from the same run:
-  http     writes and reads of the service vs a plain Starlette endpoint (bench/baseline.py)
+  http     writes and reads of the service vs a plain Starlette endpoint (bench/baseline.py),
+           both servers up and loaded in turns, so that drift hits both alike
   growth   append and read latency with 10 thousand vs 1 million events in the table
   fanout   one event to 1,000 subscribers (--fanout-large N for more): commit-to-receipt
            p50/p99; memory per idle subscription
@@ -170,6 +171,7 @@ def render(report: dict[str, Any]) -> str:
                 b[phase]["rps"],
                 run[f"{phase}_ratio"],
             )
+            row(f"{db} {phase} ratio in each round", " ".join(map(str, run[f"{phase}_ratios"])))
             for stat in ("p50_ms", "p99_ms"):
                 row(
                     f"{db} {phase} {stat}",

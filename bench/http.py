@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -70,28 +71,65 @@ def read(target: Server, token: str | None, seconds: int, connections: int) -> d
 
 
 def side_by_side(
-    kind: str, workdir: Path, token: str, seconds: int, connections: int
+    kind: str, workdir: Path, token: str, seconds: int, connections: int, rounds: int = 3
 ) -> dict[str, Any]:
-    """The baseline and the service, each on a fresh database, one after the other."""
-    with harness.database(kind, workdir) as url, harness.baseline(url, workdir) as running:
-        baseline = {
-            "write": write(running, None, seconds, connections),
-            "read": read(running, None, seconds, connections),
+    """The baseline and the service, each on a fresh database, both running; loaded in
+    turns (baseline, service, baseline, ...) for ``rounds`` slices of ``seconds / rounds``
+    each, writes first and then reads. Interleaving keeps the ratio honest on a machine
+    whose speed drifts (a shared VM): a slow minute falls on both sides alike."""
+    slice_seconds = max(1, round(seconds / rounds))
+    with (
+        harness.database(kind, workdir) as baseline_url,
+        harness.database(kind, workdir) as service_url,
+        harness.baseline(baseline_url, workdir) as baseline_server,
+        harness.service(service_url, workdir) as service_server,
+    ):
+        sides = {"baseline": (baseline_server, None), "service": (service_server, token)}
+        slices: dict[str, dict[str, list[dict[str, Any]]]] = {
+            side: {"write": [], "read": []} for side in sides
         }
-    with harness.database(kind, workdir) as url, harness.service(url, workdir) as running:
-        service = {
-            "write": write(running, token, seconds, connections),
-            "read": read(running, token, seconds, connections),
-        }
+        for phase, run in (("write", write), ("read", read)):
+            for _ in range(rounds):
+                for side, (server, side_token) in sides.items():
+                    slices[side][phase].append(run(server, side_token, slice_seconds, connections))
+    baseline = {phase: combine(slices["baseline"][phase]) for phase in ("write", "read")}
+    service = {phase: combine(slices["service"][phase]) for phase in ("write", "read")}
     return {
         "database": kind,
         "connections": connections,
-        "seconds": seconds,
+        "seconds": slice_seconds * rounds,
+        "rounds": rounds,
         "baseline": baseline,
         "service": service,
         "write_ratio": round(service["write"]["rps"] / baseline["write"]["rps"], 2),
         "read_ratio": round(service["read"]["rps"] / baseline["read"]["rps"], 2),
+        # Each round's ratio: how much of the ratio is the machine's noise.
+        "write_ratios": _ratios(slices, "write"),
+        "read_ratios": _ratios(slices, "read"),
     }
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Slices of one load as one: requests and time summed; latency percentiles as the
+    median of the slices' (wrk reports percentiles per run, not mergeable histograms)."""
+    requests = sum(run["requests"] for run in runs)
+    duration_us = sum(run["duration_us"] for run in runs)
+    combined: dict[str, Any] = {
+        "requests": requests,
+        "duration_us": duration_us,
+        "rps": round(requests / (duration_us / 1e6), 1),
+        "errors_socket": sum(run["errors_socket"] for run in runs),
+        "failed": sum(run["failed"] for run in runs),
+        "max_ms": max(run["max_ms"] for run in runs),
+    }
+    for stat in ("p50_ms", "p90_ms", "p99_ms"):
+        combined[stat] = round(statistics.median(run[stat] for run in runs), 3)
+    return combined
+
+
+def _ratios(slices: dict[str, dict[str, list[dict[str, Any]]]], phase: str) -> list[float]:
+    pairs = zip(slices["service"][phase], slices["baseline"][phase], strict=True)
+    return [round(s["rps"] / b["rps"], 2) for s, b in pairs]
 
 
 def growth(kind: str, workdir: Path, token: str, sizes: list[int], seconds: int) -> dict[str, Any]:
