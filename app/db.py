@@ -186,12 +186,23 @@ class _TransactionContext(TransactionContextPooled):
             raise
 
 
+async def _keep_session(_connection: asyncpg.Connection) -> None:
+    """The pool's reset between two users of a connection, beyond what asyncpg always does
+    (roll back an open transaction, drop listeners): nothing. asyncpg's default sends
+    ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` after every use, one
+    more round trip per statement outside a transaction; this service leaves no session
+    state on pooled connections to reset (no SET, advisory locks, cursors or LISTEN: the
+    broker listens on a connection of its own)."""
+
+
 class PostgresClient(AsyncpgDBClient):
     """Tortoise's asyncpg client, but a request waits for a free connection from the pool
-    no longer than one statement may take (``command_timeout``), and a failed BEGIN leaks
-    nothing (``_TransactionContext``)."""
+    no longer than one statement may take (``command_timeout``), a failed BEGIN leaks
+    nothing (``_TransactionContext``), and a connection goes back to the pool without a
+    reset query (``_keep_session``)."""
 
     async def create_pool(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("reset", _keep_session)
         pool = await super().create_pool(**kwargs)
         return _BoundedPool(pool, kwargs.get("command_timeout"))
 
