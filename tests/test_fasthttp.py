@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
@@ -273,3 +273,24 @@ async def test_rate_limit_refusals_match_and_count_each_request_once(
     assert _comparable(fast)["headers"].keys() == _comparable(ordinary)["headers"].keys()
     assert fast.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert fast.headers["retry-after"] == ordinary.headers["retry-after"]
+
+
+@pytest.mark.parametrize(
+    "query_string",
+    [
+        urlencode({"query": "query { a }", "variables": '{"o": "x y+z&ü"}'}),
+        "query=%7Ba%7D&&operationName=",
+        "query=a+b%2Bc&variables=",
+        "query",
+        "query=x;y=1",
+        "query=%E2%82%AC%ZZ",
+    ],
+)
+def test_a_query_string_is_read_as_starlette_reads_it(query_string: str) -> None:
+    expected = dict(parse_qsl(query_string, keep_blank_values=True))
+
+    query, variables, operation_name = fasthttp._from_query_string(query_string.encode())
+
+    assert query == expected["query"]
+    assert operation_name == expected.get("operationName")
+    assert variables == (json.loads(expected["variables"]) if expected.get("variables") else None)

@@ -17,9 +17,10 @@ holds the two routes to the same responses.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -210,9 +211,18 @@ def _from_body(body: bytes) -> tuple[str, dict[str, Any] | None, object]:
 
 
 def _from_query_string(query_string: bytes) -> tuple[str, dict[str, Any] | None, object]:
-    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
-    params = dict(pairs)
-    if len(params) != len(pairs) or not params.keys() <= _KEYS or "query" not in params:
+    params: dict[str, str] = {}
+    # As parse_qsl(keep_blank_values=True) reads it (as Starlette does), but the document,
+    # the same text request after request, is unquoted once.
+    for part in query_string.decode("latin-1").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = unquote_plus(name)
+        if name in params:
+            raise _StepAside
+        params[name] = _unquote_document(value) if name == "query" else unquote_plus(value)
+    if not params.keys() <= _KEYS or "query" not in params:
         raise _StepAside
     variables: dict[str, Any] | None = None
     if params.get("variables"):
@@ -224,6 +234,11 @@ def _from_query_string(query_string: bytes) -> tuple[str, dict[str, Any] | None,
             raise _StepAside
         variables = decoded
     return params["query"], variables, params.get("operationName")
+
+
+@functools.lru_cache(maxsize=256)
+def _unquote_document(raw: str) -> str:
+    return unquote_plus(raw)
 
 
 def _replay(read: list[Message], receive: Receive) -> Receive:
