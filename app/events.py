@@ -11,12 +11,14 @@ import binascii
 import json
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
 
 from app import idempotency, sqlite_reads, validation
@@ -372,11 +374,12 @@ async def list_events(
     )
 
 
-# The order's combined state and a page of its events, in one statement (``read_page``). The
-# state conditions are written exactly as the partial indexes of migration 0002 are, so
-# that each flag is one probe of a small index whatever the order's length.
+# The order's combined state, its latest event's id and a page of its events, in one
+# statement (``read_page``). The state conditions are written exactly as the partial indexes
+# of migration 0002 are, so that each flag is one probe of a small index whatever the
+# order's length.
 PAGE_SQL = (
-    "SELECT flags.failed, flags.pending, flags.any_event, page.* FROM (SELECT"  # noqa: S608
+    "SELECT flags.failed, flags.pending, flags.latest, page.* FROM (SELECT"  # noqa: S608
     " EXISTS (SELECT 1 FROM order_events"
     "  WHERE account_id = ? AND order_id = ? AND state IN ('error', 'failure')) AS failed,"
     " EXISTS (SELECT 1 FROM order_events e"
@@ -384,13 +387,82 @@ PAGE_SQL = (
     "  AND NOT EXISTS (SELECT 1 FROM order_events later"
     "   WHERE later.account_id = e.account_id AND later.order_id = e.order_id"
     "   AND later.service = e.service AND later.version > e.version)) AS pending,"
-    " EXISTS (SELECT 1 FROM order_events"
-    "  WHERE account_id = ? AND order_id = ?) AS any_event"
+    " (SELECT event_id FROM order_events"
+    "  WHERE account_id = ? AND order_id = ? ORDER BY version DESC LIMIT 1) AS latest"
     ") AS flags LEFT JOIN ("
     f" SELECT {COLUMNS} FROM order_events"
     "  WHERE account_id = ? AND order_id = ? AND version > ? ORDER BY version LIMIT ?"
     ") AS page ON 1 = 1 ORDER BY page.version"
 )
+
+LATEST_SQL = (
+    "SELECT event_id FROM order_events WHERE account_id = ? AND order_id = ?"
+    " ORDER BY version DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True)
+class _Page:
+    latest: str  # the order's latest event when the page was read
+    state: EventState
+    events: list[StoredEvent]
+
+
+class PageCache:
+    """Pages read recently, each with the id of its order's latest event at the time.
+
+    An order's events never change and its versions have no gaps, so while its latest event
+    is the same one, so is every page of it: the same events, the same combined state. A
+    cached page is therefore checked with one index lookup (``LATEST_SQL``) instead of read
+    again. Ids, not versions, are compared: an event id is never used twice, even by a
+    database restored from a backup or emptied and filled again. The cache holds at most
+    ``max_events`` events; the least recently used pages go first.
+    """
+
+    def __init__(self, max_events: int = 10_000) -> None:
+        self.max_events = max_events
+        self._pages: OrderedDict[tuple[object, ...], _Page] = OrderedDict()
+        self._events = 0
+
+    def get(self, key: tuple[object, ...]) -> _Page | None:
+        page = self._pages.get(key)
+        if page is not None:
+            self._pages.move_to_end(key)
+        return page
+
+    def put(self, key: tuple[object, ...], page: _Page) -> None:
+        old = self._pages.pop(key, None)
+        if old is not None:
+            self._events -= len(old.events)
+        if len(page.events) > self.max_events:
+            return
+        self._pages[key] = page
+        self._events += len(page.events)
+        while self._events > self.max_events:
+            _, evicted = self._pages.popitem(last=False)
+            self._events -= len(evicted.events)
+
+    def clear(self) -> None:
+        self._pages.clear()
+        self._events = 0
+
+
+pages = PageCache()
+
+
+async def _fetch(
+    connection: BaseDBAsyncClient, sql: str, params: list[Any]
+) -> Sequence[Sequence[Any]]:
+    """Rows as the driver gives them (sqlite3.Row, asyncpg.Record), to be read by position:
+    copying each into a dict first cost a read more than building its events. On SQLite,
+    read on the event loop when that can be done (``app.sqlite_reads``)."""
+    inline = sqlite_reads.reader_for(connection)
+    if inline is not None:
+        rows = inline.fetch(sql, params)
+        if rows is not None:
+            return rows
+    _, records = await connection.execute_query(placeholders(connection, sql), params)
+    return cast("Sequence[Sequence[Any]]", records)
 
 
 async def read_page(
@@ -404,21 +476,19 @@ async def read_page(
     page, so it comes back even when the page is empty.
     """
     connection = get_connection("default")
-    params = [account_id, order_id] * 4 + [after_version, limit]
-    inline = sqlite_reads.reader_for(connection)
-    rows: Sequence[Sequence[Any]] | None = None
-    if inline is not None:
-        rows = inline.fetch(PAGE_SQL, params)
-    if rows is None:
-        # Rows as the driver gives them (sqlite3.Row, asyncpg.Record), read by position:
-        # copying each into a dict first cost a read more than building its events.
-        _, records = await connection.execute_query(placeholders(connection, PAGE_SQL), params)
-        rows = cast("Sequence[Sequence[Any]]", records)
-    failed, pending, any_event, first_event_id = rows[0][:4]
-    state = state_from_flags(failed=bool(failed), pending=bool(pending), empty=not any_event)
-    if first_event_id is None:
-        return state, []
-    return state, [StoredEvent.from_columns(row, 3) for row in rows]
+    key = (id(connection), account_id, order_id, after_version, limit)
+    cached = pages.get(key)
+    if cached is not None:
+        latest = await _fetch(connection, LATEST_SQL, [account_id, order_id])
+        if latest and latest[0][0] == cached.latest:
+            return cached.state, cached.events
+    rows = await _fetch(connection, PAGE_SQL, [account_id, order_id] * 4 + [after_version, limit])
+    failed, pending, latest_id, first_event_id = rows[0][:4]
+    state = state_from_flags(failed=bool(failed), pending=bool(pending), empty=latest_id is None)
+    events = [] if first_event_id is None else [StoredEvent.from_columns(row, 3) for row in rows]
+    if latest_id is not None:
+        pages.put(key, _Page(latest=latest_id, state=state, events=events))
+    return state, events
 
 
 def state_from_flags(*, failed: bool, pending: bool, empty: bool) -> EventState:
