@@ -144,7 +144,7 @@ class StoredEvent:
         )
 
     @classmethod
-    def from_row(cls, row: OrderEvent) -> StoredEvent:
+    def from_row(cls, row: OrderEvent | PendingEvent) -> StoredEvent:
         return cls._filled(
             id=row.event_id,
             account_id=row.account_id,
@@ -169,6 +169,27 @@ class StoredEvent:
         event = object.__new__(cls)
         event.__dict__.update(fields)
         return event
+
+
+@dataclass(slots=True)
+class PendingEvent:
+    """An event on its way to the writer (``app.writer``): all of it but what the writer
+    hands out at commit — version, position and time. A plain object, not an ORM model:
+    building and filling a Tortoise model cost a write more than the INSERT's SQL."""
+
+    event_id: str
+    account_id: str
+    order_id: str
+    event_type: str
+    state: EventState
+    service: str
+    service_status: str
+    description: str | None
+    metadata: str | None  # as JSON text, as stored
+    created_by: str
+    version: int = 0
+    position: int = 0
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -293,7 +314,7 @@ async def create_event(
         )
         if replayed := await _replay(key):
             return replayed
-    row = OrderEvent(
+    row = PendingEvent(
         event_id=str(uuid.uuid4()),
         account_id=account_id,
         order_id=order_id,

@@ -27,8 +27,8 @@ from tortoise.transactions import in_transaction
 
 from app import idempotency
 from app.errors import Conflict
-from app.events import COLUMNS, StoredEvent
-from app.models import EventState, OrderEvent
+from app.events import COLUMNS, PendingEvent, StoredEvent
+from app.models import OrderEvent
 from app.sql import placeholders
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,12 @@ class EventWriter:
     def __init__(self, publisher: Publisher | None = None, *, max_batch: int = MAX_BATCH):
         self._publisher = publisher
         self._max_batch = max_batch
-        self._queue: list[tuple[OrderEvent, asyncio.Future[StoredEvent]]] = []
+        self._queue: list[tuple[PendingEvent, asyncio.Future[StoredEvent]]] = []
         self._draining: asyncio.Task[None] | None = None
 
     async def append(
         self,
-        row: OrderEvent,
+        row: PendingEvent,
         *,
         key: idempotency.Key | None = None,
         expected_version: int | None = None,
@@ -93,11 +93,11 @@ class EventWriter:
         finally:
             self._draining = None
 
-    async def _append_batch(self, rows: list[OrderEvent]) -> list[StoredEvent]:
+    async def _append_batch(self, rows: list[PendingEvent]) -> list[StoredEvent]:
         created_at = datetime.now(UTC)
         async with in_transaction() as connection:
-            by_account: dict[str, list[OrderEvent]] = defaultdict(list)
-            by_order: dict[tuple[str, str], list[OrderEvent]] = defaultdict(list)
+            by_account: dict[str, list[PendingEvent]] = defaultdict(list)
+            by_order: dict[tuple[str, str], list[PendingEvent]] = defaultdict(list)
             for row in rows:
                 by_account[row.account_id].append(row)
                 by_order[(row.account_id, row.order_id)].append(row)
@@ -121,15 +121,15 @@ class EventWriter:
         return stored
 
     async def _append_checked(
-        self, row: OrderEvent, key: idempotency.Key | None, expected_version: int | None
+        self, pending: PendingEvent, key: idempotency.Key | None, expected_version: int | None
     ) -> StoredEvent:
         async with in_transaction() as connection:
             if key is not None and not await idempotency.claim(connection, key):
                 raise idempotency.KeyTaken()
-            position = await _bump_position(connection, row.account_id, 1)
-            version = (await _bump_versions(connection, {(row.account_id, row.order_id): 1}))[
-                (row.account_id, row.order_id)
-            ]
+            position = await _bump_position(connection, pending.account_id, 1)
+            version = (
+                await _bump_versions(connection, {(pending.account_id, pending.order_id): 1})
+            )[(pending.account_id, pending.order_id)]
             if expected_version is not None and version - 1 != expected_version:
                 # Raising rolls back the version bump and the key claim with it.
                 raise Conflict(
@@ -137,8 +137,22 @@ class EventWriter:
                     currentVersion=version - 1,
                     expectedVersion=expected_version,
                 )
-            row.version, row.position = version, position
-            row.created_at = datetime.now(UTC)
+            row = OrderEvent(
+                event_id=pending.event_id,
+                account_id=pending.account_id,
+                order_id=pending.order_id,
+                version=version,
+                position=position,
+                event_type=pending.event_type,
+                state=pending.state,
+                service=pending.service,
+                service_status=pending.service_status,
+                description=pending.description,
+                metadata=pending.metadata,
+                created_at=datetime.now(UTC),
+                created_by=pending.created_by,
+            )
+            # Through the ORM: the idempotency key records the row's sequence number.
             await row.save(using_db=connection, force_create=True)
             if key is not None:
                 await idempotency.record_event(connection, key, row.seq)
@@ -151,7 +165,7 @@ class EventWriter:
 _ROW = "(" + ", ".join("?" * 13) + ")"
 
 
-async def _insert(connection: BaseDBAsyncClient, rows: list[OrderEvent]) -> None:
+async def _insert(connection: BaseDBAsyncClient, rows: list[PendingEvent]) -> None:
     """One multi-row INSERT for the batch (the ORM's bulk_create cost a tenth of a write's
     CPU building its query). The datetime goes to the driver as it is: asyncpg binds it as
     timestamptz, and Tortoise's SQLite adapter writes the same text as the ORM does."""
@@ -167,7 +181,7 @@ async def _insert(connection: BaseDBAsyncClient, rows: list[OrderEvent]) -> None
                 row.version,
                 row.position,
                 row.event_type,
-                EventState(row.state).value,
+                row.state.value,
                 row.service,
                 row.service_status,
                 row.description,
