@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import quote
 
@@ -70,9 +71,17 @@ class StoredEvent:
     created_at: datetime
     created_by: str
 
-    @property
+    # Worked out once per event: a cached page or a live event is answered many times.
+    # (cached_property writes the instance's __dict__ directly, which a frozen dataclass
+    # allows; equality and the fields stay as they are.)
+    @cached_property
     def cursor(self) -> str:
         return encode_cursor(self.position, self.version)
+
+    @cached_property
+    def created_at_text(self) -> str:
+        """``created_at`` in ISO 8601, as the API gives it."""
+        return self.created_at.isoformat()
 
     def to_record(self) -> dict[str, Any]:
         """The event as its table row has it (metadata as JSON text, time as ISO 8601)."""
@@ -90,7 +99,7 @@ class StoredEvent:
             "metadata": None
             if self.metadata is None
             else json.dumps(self.metadata, ensure_ascii=False, separators=(",", ":")),
-            "created_at": self.created_at.isoformat(),
+            "created_at": self.created_at_text,
             "created_by": self.created_by,
         }
 

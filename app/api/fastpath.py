@@ -322,7 +322,7 @@ _EVENT_FIELDS: FieldTable = {
     "serviceStatus": _attribute("service_status"),
     "description": _attribute("description"),
     "metadata": _attribute("metadata"),
-    "createdAt": _leaf(lambda e: e.created_at.isoformat()),
+    "createdAt": _attribute("created_at_text"),
     "createdBy": _attribute("created_by"),
     "version": _attribute("version"),
     "cursor": _attribute("cursor"),
