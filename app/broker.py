@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
@@ -58,13 +57,17 @@ Item = StoredEvent | _Marker
 
 class Subscription:
     """One subscriber's buffer. Overflowing it ends the subscription rather than the process:
-    a stuck consumer costs at most ``limit`` events of memory and slows nobody else."""
+    a stuck consumer costs at most ``limit`` events of memory and slows nobody else.
+
+    Slotted and small: an idle subscription holds an empty list, no future and no task (the
+    buffer is a list rather than a deque, whose empty block alone is 600 bytes; it holds at
+    most ``limit`` items, so taking from its front stays cheap)."""
 
     __slots__ = ("_hub", "_items", "_limit", "_waiter", "account_id", "order_id", "overflowed")
 
     def __init__(self, hub: Hub, account_id: str, order_id: str | None, limit: int) -> None:
         self._hub = hub
-        self._items: deque[Item] = deque()
+        self._items: list[Item] = []
         self._limit = limit
         self._waiter: asyncio.Future[None] | None = None
         self.account_id = account_id
@@ -82,6 +85,13 @@ class Subscription:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def take(self) -> Item | None:
+        """The next buffered item without waiting: None when there is none (see
+        ``overflowed`` to tell an overflow from an empty buffer)."""
+        if self.overflowed or not self._items:
+            return None
+        return self._items.pop(0)
+
     async def get(self) -> Item | None:
         """The next item; None once the buffer has overflowed."""
         while not self._items and not self.overflowed:
@@ -92,7 +102,7 @@ class Subscription:
                 self._waiter = None
         if self.overflowed:
             return None
-        return self._items.popleft()
+        return self._items.pop(0)
 
     def close(self) -> None:
         self._hub.remove(self)
@@ -105,11 +115,20 @@ class Hub:
 
     def subscribe(self, account_id: str, order_id: str | None, limit: int) -> Subscription:
         subscription = Subscription(self, account_id, order_id, limit)
-        self._index(subscription).add(subscription)
+        self.add(subscription)
         return subscription
 
+    def add(self, subscription: Subscription) -> None:
+        """Registers a subscription built by the caller (a subclass that acts on ``push``)."""
+        self._index(subscription).add(subscription)
+
     def remove(self, subscription: Subscription) -> None:
-        index = self._index(subscription)
+        if subscription.order_id is None:
+            index = self._by_account.get(subscription.account_id)
+        else:
+            index = self._by_order.get((subscription.account_id, subscription.order_id))
+        if index is None:
+            return
         index.discard(subscription)
         if not index:
             if subscription.order_id is None:
@@ -127,14 +146,15 @@ class Hub:
         return account_id in self._by_account or (account_id, order_id) in self._by_order
 
     def publish(self, event: StoredEvent) -> None:
-        for subscription in self._by_account.get(event.account_id, ()):
+        # Over a copy: a subscription's push may end it (and remove it from its set).
+        for subscription in tuple(self._by_account.get(event.account_id, ())):
             subscription.push(event)
-        for subscription in self._by_order.get((event.account_id, event.order_id), ()):
+        for subscription in tuple(self._by_order.get((event.account_id, event.order_id), ())):
             subscription.push(event)
 
     def resync_all(self) -> None:
         for subscriptions in (*self._by_account.values(), *self._by_order.values()):
-            for subscription in subscriptions:
+            for subscription in tuple(subscriptions):
                 subscription.push(RESYNC)
 
     @property

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -55,7 +55,6 @@ from graphql import (
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 
-from app import live
 from app.api import limits, operations
 from app.api.context import Context
 from app.api.errors import convert
@@ -496,15 +495,11 @@ def _failed(plan: Plan, error: Exception, context: Context) -> Any:
 # built once per (plan, event) and shared; only the operation id differs between frames.
 
 
-@dataclass(frozen=True)
-class Watch:
-    events: AsyncGenerator[StoredEvent, None]
-    plan: Plan
-
-
-def start_watch(plan: Plan, context: Context, variables: Mapping[str, Any] | None) -> Watch:
-    """The event stream of a subscription plan, or ``Fallback`` (bad variables, or a watch
-    refused: the ordinary route then reports it exactly as it always does)."""
+def watch_arguments(plan: Plan, variables: Any) -> tuple[str, str | None, str | None]:
+    """(accountId, orderId, after) of a subscription plan, or ``Fallback`` where the ordinary
+    route must decide (variables that do not coerce, values of the wrong kind)."""
+    if variables is not None and not isinstance(variables, dict):
+        raise Fallback
     values = plan.coerce_variables(variables)
     account_id = _id(plan.argument("accountId", values))
     order_id = plan.argument("orderId", values)
@@ -512,20 +507,7 @@ def start_watch(plan: Plan, context: Context, variables: Mapping[str, Any] | Non
     after = plan.argument("after", values)
     if after is not None and not isinstance(after, str):
         raise Fallback
-    try:
-        principal = context.require_principal()
-        live.check(principal, account_id, order_id, after)
-    except Exception:
-        raise Fallback from None
-    stream = live.watch(
-        principal,
-        context.broker,
-        account_id,
-        order_id,
-        after,
-        buffer_size=context.settings.subscription_buffer,
-    )
-    return Watch(events=stream, plan=plan)
+    return account_id, order_id, after
 
 
 class Payloads:

@@ -23,16 +23,18 @@ import logging
 import time
 from typing import Any, cast
 
-from starlette.websockets import WebSocketDisconnect
 from strawberry.asgi import ASGIWebSocketAdapter
+from strawberry.http.async_base_view import AsyncWebSocketAdapter
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
+from app import live
 from app.api import fastpath
 from app.api.context import Context
+from app.events import StoredEvent
 
 logger = logging.getLogger(__name__)
 
@@ -64,28 +66,44 @@ def find_authorization(connection_params: Any) -> str | None:
     return None
 
 
-class _ExpiryMixin:
-    context: Context
-    _expiry: asyncio.TimerHandle | None = None
+class _TimersMixin:
+    """Timers instead of sleeping tasks: a connection waiting for its token to expire (or
+    for its next ping, or for ``connection_init``) holds a timer handle, not a task with a
+    coroutine stack and a future."""
 
-    def watch_expiry(self, close: Any) -> None:
+    context: Context
+    websocket: AsyncWebSocketAdapter
+    _expiry: asyncio.TimerHandle | None = None
+    # A close started by a timer, referenced until it is done.
+    _closing: asyncio.Future[None] | None = None
+
+    def watch_expiry(self) -> None:
         """Closes the connection when its token expires."""
         principal = self.context.principal
         if principal is None:
             return
         delay = max(0.0, principal.expires_at - time.time())
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(
-            delay, lambda: asyncio.ensure_future(_close_quietly(close, TOKEN_EXPIRED))
-        )
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.close_later(TOKEN_EXPIRED, "access token expired")
 
     def stop_watching_expiry(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+            self._expiry = None
+
+    def close_later(self, code: int, reason: str) -> None:
+        self._closing = asyncio.ensure_future(_close_quietly(self.websocket.close, code, reason))
+
+    def forget_connection_params(self) -> None:
+        # The connection_init payload carries the token; once checked, the principal is
+        # all that is needed, and the payload need not live as long as the connection.
+        self.context.connection_params = None
 
 
-async def _close_quietly(close: Any, code: int) -> None:
-    reason = "access token expired" if code == TOKEN_EXPIRED else "server going away"
+async def _close_quietly(close: Any, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):
         await close(code, reason)
 
@@ -98,45 +116,55 @@ def _limit_error(limit: int) -> dict[str, Any]:
     }
 
 
-class TransportWSHandler(_ExpiryMixin, BaseGraphQLTransportWSHandler[Context, None]):
+class LiveOperation(Operation[Context, None]):
+    """A compiled ``orderEvents`` subscription (see ``app.api.fastpath``), fed by the hub
+    through a ``live.Feed``: no task while it waits for events. Each event's payload is
+    built once per document and shared by every subscriber; frames are JSON text already
+    and are sent as they are."""
+
+    __slots__ = ("feed", "plan", "prefix")
+
+    def __init__(self, handler: TransportWSHandler, operation_id: str, plan: fastpath.Plan) -> None:
+        # The document and variables are not kept: the plan and the feed are all it needs.
+        super().__init__(handler, operation_id, "", None, None)
+        self.plan = plan
+        self.prefix = json.dumps({"id": operation_id, "type": "next"})[:-1] + ',"payload":'
+        self.feed: live.Feed | None = None
+
+    async def send_event(self, event: StoredEvent) -> None:
+        if self.completed:
+            return
+        handler = cast(TransportWSHandler, self.handler)
+        text = handler.payloads.text(self.plan, event, handler.context.settings.public_url)
+        socket = cast(ASGIWebSocketAdapter, handler.websocket).ws
+        try:
+            await socket.send_text(self.prefix + text + "}")
+        except Exception:
+            # The connection is going away: its reader ends every operation.
+            self.stop()
+
+    async def end(self, error: Exception) -> None:
+        handler = cast(TransportWSHandler, self.handler)
+        payload: Any = fastpath.error_payload(self.plan, error, handler.context)
+        with contextlib.suppress(Exception):
+            await self.send_operation_message({"id": self.id, "type": "next", "payload": payload})
+        with contextlib.suppress(Exception):
+            await self.send_operation_message({"id": self.id, "type": "complete"})
+
+    def stop(self) -> None:
+        if self.feed is not None:
+            self.feed.close()
+
+
+class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, None]):
     connections: Connections
     ping_interval: float
     compiler: fastpath.Compiler
     payloads: fastpath.Payloads
-
-    async def run_operation(self, operation: Operation[Context, None]) -> None:
-        """The compiled route for plain ``orderEvents`` subscriptions (see app.api.fastpath):
-        each event's payload is built once and shared by every subscriber of the document."""
-        plan = self.compiler.subscription_plan(operation.query, operation.operation_name)
-        if plan is None:
-            await super().run_operation(operation)
-            return
-        try:
-            watch = fastpath.start_watch(plan, self.context, operation.variables)
-        except fastpath.Fallback:
-            await super().run_operation(operation)
-            return
-        prefix = json.dumps({"id": operation.id, "type": "next"})[:-1] + ',"payload":'
-        public_url = self.context.settings.public_url
-        # The frames are JSON text already: sent as they are, not encoded again.
-        socket = cast(ASGIWebSocketAdapter, self.websocket).ws
-        try:
-            async with contextlib.aclosing(watch.events) as events:
-                async for event in events:
-                    if operation.completed:
-                        return
-                    text = self.payloads.text(plan, event, public_url)
-                    await socket.send_text(prefix + text + "}")
-        except (asyncio.CancelledError, WebSocketDisconnect):
-            raise
-        except Exception as error:
-            payload: Any = fastpath.error_payload(plan, error, self.context)
-            with contextlib.suppress(Exception):
-                await operation.send_operation_message(
-                    {"id": operation.id, "type": "next", "payload": payload}
-                )
-        with contextlib.suppress(Exception):
-            await operation.send_operation_message({"id": operation.id, "type": "complete"})
+    _init_timer: asyncio.TimerHandle | None = None
+    _ping_timer: asyncio.TimerHandle | None = None
+    _pinging: asyncio.Future[None] | None = None
+    _closed = False
 
     async def handle_subscribe(self, message: Any) -> None:
         # Strawberry refuses with a bare message; the contract wants an error code.
@@ -150,40 +178,111 @@ class TransportWSHandler(_ExpiryMixin, BaseGraphQLTransportWSHandler[Context, No
             refusal: Any = {"id": message["id"], "type": "error", "payload": [_limit_error(limit)]}
             await self.send_message(refusal)
             return
+        if self.connection_acknowledged and message["id"] not in self.operations:
+            operation = self._live_operation(message)
+            if operation is not None:
+                self.operations[operation.id] = operation
+                assert operation.feed is not None
+                operation.feed.start()
+                return
         await super().handle_subscribe(message)
+
+    def _live_operation(self, message: Any) -> LiveOperation | None:
+        """The compiled route for ``message``, or None for the ordinary one."""
+        payload = message["payload"]
+        if not isinstance(payload, dict) or not isinstance(message["id"], str):
+            return None
+        plan = self.compiler.subscription_plan(payload["query"], payload.get("operationName"))
+        if plan is None:
+            return None
+        try:
+            account_id, order_id, after = fastpath.watch_arguments(plan, payload.get("variables"))
+            principal = self.context.require_principal()
+            start = live.check(principal, account_id, order_id, after)
+        except Exception:
+            return None  # the ordinary route reports it exactly as it always does
+        operation = LiveOperation(self, message["id"], plan)
+        operation.feed = live.Feed(
+            self.context.broker,
+            account_id,
+            order_id,
+            None if start is None or after is None else (*start, after),
+            operation,
+            buffer_size=self.context.settings.subscription_buffer,
+        )
+        return operation
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        operation = self.operations.get(operation_id)
+        if isinstance(operation, LiveOperation):
+            del self.operations[operation_id]
+            operation.stop()
+            return
+        await super().cleanup_operation(operation_id)
 
     async def handle(self) -> None:
         self.connections.open.add(self)
-        pinger = asyncio.create_task(self._ping()) if self.ping_interval > 0 else None
+        if self.ping_interval > 0:
+            self._schedule_ping()
         try:
             await super().handle()
         finally:
+            self._closed = True
             self.connections.open.discard(self)
             self.stop_watching_expiry()
-            if pinger is not None:
-                pinger.cancel()
+            for timer in (self._init_timer, self._ping_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._init_timer = self._ping_timer = None
+
+    def on_request_accepted(self) -> None:
+        # Strawberry runs a task that sleeps until the init timeout and then lingers,
+        # cancelled, with its traceback, for the connection's life: a timer does the same.
+        delay = self.connection_init_wait_timeout.total_seconds()
+        self._init_timer = asyncio.get_running_loop().call_later(delay, self._init_timed_out)
+
+    def _init_timed_out(self) -> None:
+        self._init_timer = None
+        if self.connection_init_received:
+            return
+        self.connection_timed_out = True
+        self.close_later(4408, "Connection initialisation timeout")
 
     async def handle_connection_init(self, message: Any) -> None:
+        if self._init_timer is not None and not self.connection_timed_out:
+            self._init_timer.cancel()
+            self._init_timer = None
         await super().handle_connection_init(message)
         if self.connection_acknowledged:
-            self.watch_expiry(self.websocket.close)
+            self.forget_connection_params()
+            self.watch_expiry()
 
-    async def _ping(self) -> None:
+    def _schedule_ping(self) -> None:
+        self._ping_timer = asyncio.get_running_loop().call_later(self.ping_interval, self._ping)
+
+    def _ping(self) -> None:
+        self._ping_timer = None
+        self._pinging = asyncio.ensure_future(self._send_ping())
+
+    async def _send_ping(self) -> None:
         with contextlib.suppress(Exception):
-            while True:
-                await asyncio.sleep(self.ping_interval)
-                await self.send_message({"type": "ping"})
+            await self.send_message({"type": "ping"})
+        self._pinging = None
+        if not self._closed:
+            self._schedule_ping()
 
     async def drain(self) -> None:
         for operation_id, operation in list(self.operations.items()):
             with contextlib.suppress(Exception):
                 await operation.send_operation_message({"id": operation_id, "type": "complete"})
-            if operation.task is not None:
+            if isinstance(operation, LiveOperation):
+                operation.stop()
+            elif operation.task is not None:
                 operation.task.cancel()
-        await _close_quietly(self.websocket.close, GOING_AWAY)
+        await _close_quietly(self.websocket.close, GOING_AWAY, "server going away")
 
 
-class LegacyWSHandler(_ExpiryMixin, BaseGraphQLWSHandler[Context, None]):
+class LegacyWSHandler(_TimersMixin, BaseGraphQLWSHandler[Context, None]):
     connections: Connections
     init_timeout: float
 
@@ -191,7 +290,9 @@ class LegacyWSHandler(_ExpiryMixin, BaseGraphQLWSHandler[Context, None]):
         self.connections.open.add(self)
         # graphql-ws has no init timeout of its own: without one, a connection could stay
         # open unauthenticated for as long as its client likes.
-        waiting = asyncio.create_task(self._close_unless_initialised())
+        waiting = asyncio.get_running_loop().call_later(
+            self.init_timeout, self._close_unless_initialised
+        )
         try:
             await super().handle()
         finally:
@@ -199,11 +300,9 @@ class LegacyWSHandler(_ExpiryMixin, BaseGraphQLWSHandler[Context, None]):
             self.connections.open.discard(self)
             self.stop_watching_expiry()
 
-    async def _close_unless_initialised(self) -> None:
-        await asyncio.sleep(self.init_timeout)
+    def _close_unless_initialised(self) -> None:
         if not self.connection_acknowledged:
-            with contextlib.suppress(Exception):
-                await self.websocket.close(4408, "Connection initialisation timeout")
+            self.close_later(4408, "Connection initialisation timeout")
 
     async def handle_start(self, message: Any) -> None:
         limit = self.max_subscriptions_per_connection
@@ -221,10 +320,11 @@ class LegacyWSHandler(_ExpiryMixin, BaseGraphQLWSHandler[Context, None]):
     async def handle_connection_init(self, message: Any) -> None:
         await super().handle_connection_init(message)
         if self.connection_acknowledged:
-            self.watch_expiry(self.websocket.close)
+            self.forget_connection_params()
+            self.watch_expiry()
 
     async def drain(self) -> None:
         # Cancelling an operation makes the legacy handler send its "complete".
         with contextlib.suppress(Exception):
             await self.cleanup()
-        await _close_quietly(self.websocket.close, GOING_AWAY)
+        await _close_quietly(self.websocket.close, GOING_AWAY, "server going away")
