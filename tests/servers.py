@@ -63,6 +63,8 @@ def start_server(
                 str(port),
                 "--no-access-log",
                 # As scripts/serve runs it.
+                "--ws",
+                "websockets-sansio",
                 "--ws-per-message-deflate",
                 "false",
                 *extra_args,
