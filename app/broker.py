@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
 from app.encoding import encode_json
@@ -321,8 +321,10 @@ class PostgresBroker(Broker):
                 self.hub.publish(event)
 
     async def _decode(self, payload: str) -> StoredEvent | None:
-        data = json.loads(payload)
+        data = orjson.loads(payload)  # written by in_transaction, so plain JSON
         if "ref" not in data:
+            if not self.hub.wants(data["account_id"], data["order_id"]):
+                return None  # nobody here watches it (every writer hears its own events)
             return StoredEvent.from_record(data)
         if not self.hub.wants(data["a"], data["o"]):
             return None  # nobody here watches it: no need to read it

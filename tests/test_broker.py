@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.broker import RESYNC, Hub, Item, Subscription
+from app.broker import RESYNC, Hub, Item, PostgresBroker, Subscription
+from app.encoding import encode_json
 from app.events import StoredEvent
 from app.models import EventState
 
@@ -203,3 +204,17 @@ async def test_closing_twice_is_harmless() -> None:
 
     assert (hub.subscription_count, hub.wants(ACCOUNT, "o-1")) == (1, True)
     other.close()
+
+
+async def test_a_notification_nobody_here_watches_is_not_decoded() -> None:
+    broker = PostgresBroker("postgres://nowhere.invalid/db")
+    watched = event("o-1")
+    ignored = event("o-2")
+    subscription = broker.hub.subscribe(ACCOUNT, "o-1", limit=10)
+
+    decoded = [
+        await broker._decode(encode_json(e.to_record()).decode()) for e in (watched, ignored)
+    ]
+
+    assert decoded == [watched, None]
+    subscription.close()
