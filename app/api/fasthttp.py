@@ -1,4 +1,5 @@
-"""The fast HTTP route: the compiled documents' requests answered at the ASGI level.
+"""The fast HTTP route: the compiled documents' requests answered at the ASGI level (and
+WebSockets handed straight to the GraphQL view).
 
 Most HTTP traffic is a few fixed documents (``app.api.fastpath`` compiles them), sent with a
 valid token as plain JSON. For those, the general path (Starlette's request objects,
@@ -54,6 +55,17 @@ class FastHTTP:
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "websocket"
+            and scope["path"] == self.path
+            and not scope.get("root_path")
+        ):
+            # Straight to the view: CORS leaves WebSockets alone (the view checks their
+            # Origin), and the router's and exception middleware's frames, a WebSocket object
+            # and two send wrappers would otherwise live as long as each connection and wrap
+            # every frame sent.
+            await self.graphql(scope, receive, send)
+            return
         if (
             scope["type"] != "http"
             or scope["path"] != self.path
