@@ -174,10 +174,16 @@ class Broker:
     async def stop(self) -> None:
         return None
 
+    def notification(self, events: Sequence[StoredEvent]) -> tuple[str, list[str]] | None:
+        """(channel, payloads) for the writer to NOTIFY in the events' transaction, in the
+        statement that inserts them; None when this broker needs no notification."""
+        return None
+
     async def in_transaction(
         self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
     ) -> None:
-        """Called inside the writer's transaction, after the events' rows are written."""
+        """Called inside the writer's transaction, after the events' rows are written, when
+        the writer sent no ``notification`` with them."""
         return None
 
     def after_commit(self, events: Sequence[StoredEvent]) -> None:
@@ -229,20 +235,24 @@ class PostgresBroker(Broker):
                     await task
         await self._disconnect()
 
-    async def in_transaction(
-        self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
-    ) -> None:
+    def notification(self, events: Sequence[StoredEvent]) -> tuple[str, list[str]] | None:
         payloads = []
         for event in events:
             encoded = encode_json(event.to_record())
             if len(encoded) > MAX_PAYLOAD:
                 encoded = encode_json({"ref": event.id, "a": event.account_id, "o": event.order_id})
             payloads.append(encoded.decode())
-        # One statement for the whole batch; unnest yields the payloads in array order, and
+        return CHANNEL, payloads
+
+    async def in_transaction(
+        self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
+    ) -> None:
+        channel, payloads = self.notification(events) or (CHANNEL, [])
+        # One statement for all; unnest yields the payloads in array order, and
         # notifications of one transaction are delivered in the order they were sent.
         await connection.execute_query(
             "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
-            [CHANNEL, payloads],
+            [channel, payloads],
         )
 
     # The listening connection -------------------------------------------------------------
