@@ -16,6 +16,7 @@ writer takes its row locks in the same order and none can deadlock another.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -143,19 +144,12 @@ class EventWriter:
                     expectedVersion=expected_version,
                 )
             row = OrderEvent(
-                event_id=pending.event_id,
-                account_id=pending.account_id,
-                order_id=pending.order_id,
-                version=version,
-                position=position,
-                event_type=pending.event_type,
-                state=pending.state,
-                service=pending.service,
-                service_status=pending.service_status,
-                description=pending.description,
-                metadata=pending.metadata,
-                created_at=datetime.now(UTC),
-                created_by=pending.created_by,
+                **{
+                    **dataclasses.asdict(pending),
+                    "version": version,
+                    "position": position,
+                    "created_at": datetime.now(UTC),
+                }
             )
             # Through the ORM: the idempotency key records the row's sequence number.
             await row.save(using_db=connection, force_create=True)

@@ -60,8 +60,8 @@ class Inbox:
         self.received.put_nowait(error)
 
 
-class FeedWatcher:
-    """``test_live.Watcher``'s interface over a ``live.Feed``."""
+class FeedWatcher(test_live.Watcher):
+    """``test_live.Watcher`` over a ``live.Feed`` (its ``feed`` is the same)."""
 
     def __init__(
         self,
@@ -83,13 +83,6 @@ class FeedWatcher:
             buffer_size=buffer_size,
         )
         self.feed_.start()
-
-    def feed(self, *items: StoredEvent | object) -> None:
-        for item in items:
-            if isinstance(item, StoredEvent):
-                self.broker.hub.publish(item)
-            else:
-                self.broker.hub.resync_all()
 
     async def take(self, n: int) -> list[str]:
         taken = []

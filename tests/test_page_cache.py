@@ -3,16 +3,16 @@ lookup; any new event, or another database behind the same versions, reads them 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from app import events
-from app.events import LATEST_SQL, PAGE_SQL, PageCache, StoredEvent, read_page
+from app.events import LATEST_SQL, PAGE_SQL, PageCache, read_page
 from app.models import EventState
 from tests.conftest import _empty_tables
 from tests.helpers import ORDER, created
+from tests.test_broker import event
 
 ACCOUNT = "T12345678"
 
@@ -92,27 +92,11 @@ async def test_an_order_without_events_is_not_cached(client: Any, statements: li
     assert statements == ["page", "page"]
 
 
-def _event(n: int) -> StoredEvent:
-    return StoredEvent(
-        id=f"e-{n}",
-        account_id=ACCOUNT,
-        order_id=ORDER,
-        version=n,
-        position=n,
-        event_type="service-event",
-        state=EventState.SUCCESS,
-        service="s",
-        service_status="x",
-        description=None,
-        metadata=None,
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
-        created_by="c",
-    )
-
-
 def test_the_cache_holds_at_most_its_events_least_recently_used_out_first() -> None:
     cache = PageCache(max_events=5)
-    page = events._Page(latest="x", state=EventState.SUCCESS, events=[_event(1), _event(2)])
+    page = events._Page(
+        latest="x", state=EventState.SUCCESS, events=[event(version=1), event(version=2)]
+    )
 
     cache.put(("a",), page)
     cache.put(("b",), page)
@@ -121,5 +105,7 @@ def test_the_cache_holds_at_most_its_events_least_recently_used_out_first() -> N
 
     assert cache.get(("b",)) is None
     assert cache.get(("a",)) is page and cache.get(("c",)) is page
-    cache.put(("huge",), events._Page("y", EventState.SUCCESS, [_event(n) for n in range(6)]))
+    cache.put(
+        ("huge",), events._Page("y", EventState.SUCCESS, [event(version=n) for n in range(6)])
+    )
     assert cache.get(("huge",)) is None
