@@ -223,6 +223,23 @@ async def test_the_fast_route_steps_aside(client: GraphQLClient, routes: Routes,
     assert response.status_code == status, response.text
 
 
+async def test_two_authorization_headers_take_the_ordinary_route(
+    client: GraphQLClient, routes: Routes, mint: Mint
+) -> None:
+    headers = [
+        ("authorization", f"Bearer {client.default_token}"),
+        ("authorization", f"Bearer {mint('read:shopping')}"),
+        ("content-type", "application/json"),
+    ]
+
+    response = await client.http.post(
+        "/graphql", content=json.dumps({"query": READ, "variables": {"o": ORDER}}), headers=headers
+    )
+
+    assert routes.ordinary == 1
+    assert response.status_code == 200
+
+
 @pytest.mark.parametrize("token", [None, "not-a-token", "Basic abc"])
 async def test_without_a_valid_token_the_ordinary_route_refuses(
     client: GraphQLClient, routes: Routes, token: str | None

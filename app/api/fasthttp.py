@@ -87,6 +87,8 @@ class FastHTTP:
         authorization = content_type = accept = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if authorization is not None:
+                    raise _StepAside  # which one counts is the ordinary route's to say
                 authorization = value
             elif name == b"content-type":
                 content_type = value
