@@ -435,15 +435,25 @@ class Page:
         )
 
     async def run_query(self) -> str:
-        """Clicks the run button and returns the text the result pane shows."""
-        await self.evaluate("document.querySelector('.graphiql-execute-button').click()")
-        text: str = await self.wait_for(
-            # An empty editor still holds a zero-width space.
+        """Clicks the run button and returns the text the result pane shows. A click that
+        comes before GraphiQL's editors are wired up does nothing (seen on a loaded CI
+        machine), so an empty pane after a few seconds gets another click; every document
+        run here is a query, which may run twice."""
+        # An empty editor still holds a zero-width space.
+        result = (
             "(document.querySelector('.result-window .CodeMirror-code') || {innerText: ''})"
-            ".innerText.replace(/\\u200b/g, '').trim()",
-            "a result in the result pane",
+            ".innerText.replace(/\\u200b/g, '').trim()"
         )
-        return text
+        for _ in range(5):
+            await self.evaluate("document.querySelector('.graphiql-execute-button').click()")
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                text: str = await self.evaluate(result)
+                if text:
+                    return text
+                await asyncio.sleep(0.1)
+        await self.screenshot()
+        pytest.fail(f"no result in the result pane; screenshot: {self.screenshot_path}")
 
     async def set_headers(self, headers: dict[str, str]) -> None:
         await self.evaluate(
