@@ -257,3 +257,73 @@ def test_a_line_stays_ascii_whatever_the_caller_is_called(
     text = record.getMessage()
     assert text.isascii() and len(text.splitlines()) == 1
     assert json.loads(text)["caller"] == caller
+
+
+def _write(caller: str = "kitchen-1") -> None:
+    principal = Principal(
+        subject=caller, account_id="T12345678", scopes=frozenset(), expires_at=0.0
+    )
+    access.write_line(
+        request_id="r",
+        method="GET",
+        operation="Op",
+        principal=principal,
+        client="127.0.0.1",
+        status=200,
+        started=time.perf_counter(),
+        errors=[],
+    )
+
+
+def _configure(monkeypatch: pytest.MonkeyPatch) -> tuple[_Stream, access.FlushPerTick]:
+    """The access logger as ``access.configure`` leaves it, writing to a stream of the test's
+    (set in the test's body: pytest adds capture handlers to loggers as each phase starts)."""
+    stream = _Stream()
+    handler = access.FlushPerTick(stream)
+    handler.setFormatter(access._MESSAGE_ONLY)
+    monkeypatch.setattr(access.logger, "handlers", [handler])
+    monkeypatch.setattr(access.logger, "filters", [])
+    monkeypatch.setattr(access.logger, "propagate", False)
+    monkeypatch.setattr(access.logger, "isEnabledFor", lambda _level: True)
+    return stream, handler
+
+
+def test_a_configured_logger_writes_its_lines_straight_to_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream, _ = _configure(monkeypatch)
+    records: list[Any] = []
+    monkeypatch.setattr(access.logger, "handle", records.append)
+
+    _write()
+
+    assert records == []
+    (line,) = stream.text.splitlines()
+    assert json.loads(line)["caller"] == "kitchen-1" and stream.text.endswith("\n")
+    assert stream.flushes == 1
+
+
+def test_a_filter_added_to_the_logger_sees_every_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream, _ = _configure(monkeypatch)
+    seen: list[str] = []
+
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record.getMessage())
+        return "hidden" not in record.getMessage()
+
+    access.logger.filters.append(keep)
+
+    _write("shown")
+    _write("hidden")
+
+    assert len(seen) == 2
+    assert [json.loads(line)["caller"] for line in stream.text.splitlines()] == ["shown"]
+
+
+def test_another_format_on_the_handler_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream, handler = _configure(monkeypatch)
+    handler.setFormatter(logging.Formatter("access %(message)s"))
+
+    _write()
+
+    assert stream.text.startswith("access {")

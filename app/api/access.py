@@ -27,6 +27,7 @@ from strawberry.extensions import SchemaExtension
 from app.auth import Principal
 
 logger = logging.getLogger("app.access")
+_MESSAGE_ONLY = logging.Formatter("%(message)s")
 
 _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,99}")
 
@@ -91,7 +92,30 @@ def write_line(
         # ASCII only: no character in a value can end the line, for any reader of the log
         # (orjson leaves U+2028 and the like as they are).
         text = json.dumps(line, separators=(",", ":"))
-    logger.info(text)
+    handler = _as_configured()
+    if handler is not None:
+        # The line goes to the stream as the handler would write it, without a LogRecord
+        # and the logging machinery around it (under load, a tenth of a request's CPU).
+        handler.write_line(text)
+    else:
+        logger.info(text)
+
+
+def _as_configured() -> FlushPerTick | None:
+    """The handler ``configure`` installed, if the logger is still exactly as it left it
+    (one handler, its formatter, no filters, not propagating)."""
+    handlers = logger.handlers
+    if len(handlers) != 1 or logger.filters or logger.propagate:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not FlushPerTick
+        or handler.formatter is not _MESSAGE_ONLY
+        or handler.filters
+        or handler.level > logging.INFO
+    ):
+        return None
+    return handler
 
 
 def configure() -> None:
@@ -100,7 +124,7 @@ def configure() -> None:
     if logger.handlers:
         return
     handler = FlushPerTick(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_MESSAGE_ONLY)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -112,6 +136,15 @@ class FlushPerTick(logging.StreamHandler):  # type: ignore[type-arg]
     system call instead of one each. Outside a running loop it flushes every line."""
 
     _pending = False
+
+    def write_line(self, text: str) -> None:
+        """What ``emit`` does for a record whose formatted message is ``text``."""
+        self.acquire()
+        try:
+            self.stream.write(text + self.terminator)
+            self.flush()
+        finally:
+            self.release()
 
     def flush(self) -> None:
         try:
