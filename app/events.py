@@ -10,7 +10,6 @@ import base64
 import binascii
 import json
 import re
-import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tortoise.connection import get_connection
 
 from app import idempotency, sqlite_reads, validation
 from app.auth import Principal
+from app.encoding import new_event_id
 from app.errors import BadUserInput, Conflict, FieldError, Forbidden
 from app.models import EventState, OrderEvent
 from app.sql import placeholders
@@ -324,7 +324,7 @@ async def create_event(
         if replayed := await _replay(key):
             return replayed
     row = PendingEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=new_event_id(),
         account_id=account_id,
         order_id=order_id,
         event_type=SERVICE_EVENT,
