@@ -10,7 +10,6 @@ import json
 import math
 import re
 import sys
-import unicodedata
 from typing import Any
 
 from app.errors import FieldError
@@ -120,19 +119,24 @@ def _json_problem(value: Any, depth: int) -> str | None:
 def _text_problem(value: str, allowed_controls: set[str]) -> str | None:
     if not _encodable(value):
         return "must be valid Unicode (no lone surrogates)"
-    for char in value:
-        if char in allowed_controls:
-            continue
-        category = unicodedata.category(char)
-        if category == "Cc":
-            return "must not contain control characters"
-        if category == "Cf" and char in _BIDI_CONTROLS:
-            return "must not contain bidirectional control characters"
+    # The first offending character decides the message, as a scan from the start would.
+    # Searched with regular expressions: a loop over every character in Python cost a
+    # write more than any other rule.
+    control = next(
+        (m.start() for m in _CONTROLS.finditer(value) if m.group() not in allowed_controls), None
+    )
+    bidi = _BIDI.search(value)
+    if control is not None and (bidi is None or control < bidi.start()):
+        return "must not contain control characters"
+    if bidi is not None:
+        return "must not contain bidirectional control characters"
     return None
 
 
+# Unicode's control characters (category Cc) are exactly these two ranges.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Characters that reorder the text around them when displayed (the "Trojan Source" family).
-_BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+_BIDI = re.compile("[\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c]")
 
 
 def _encodable(value: str) -> bool:
