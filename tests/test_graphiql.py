@@ -581,6 +581,32 @@ async def test_graphiql_does_not_send_the_authorization_hint(page: Page, server:
 
 
 @pytest.mark.browser
+async def test_a_browser_reads_the_servers_websocket_messages_as_text(
+    page: Page, server: Server, token: str
+) -> None:
+    # graphql-ws and Apollo parse text frames only; a binary frame reaches them as a Blob.
+    init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
+    await page.goto(f"{server.url}/graphql")
+    await page.graphiql_ready()
+
+    received = await page.evaluate(
+        """new Promise((resolve) => {
+          const socket = new WebSocket(
+            location.origin.replace(/^http/, "ws") + "/graphql", "graphql-transport-ws");
+          socket.onopen = () => socket.send(INIT);
+          socket.onmessage = (event) => {
+            socket.close();
+            resolve([typeof event.data, typeof event.data === "string" ? event.data : ""]);
+          };
+          socket.onerror = () => resolve(["error", ""]);
+        })""".replace("INIT", json.dumps(json.dumps(init)))
+    )
+
+    assert received[0] == "string"
+    assert json.loads(received[1])["type"] == "connection_ack"
+
+
+@pytest.mark.browser
 async def test_graphiql_page_may_open_a_websocket_to_graphql(page: Page, server: Server) -> None:
     # Subscriptions run over graphql-transport-ws at /graphql; the page's policy must allow it.
     await page.goto(f"{server.url}/graphql")

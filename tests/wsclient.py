@@ -117,6 +117,9 @@ class WSClient:
             frame = closed.rcvd
             self._close = (1006, "") if frame is None else (frame.code, frame.reason)
             raise ServerClosed(*self._close, waiting_for) from None
+        # Browser clients (graphql-ws, Apollo) parse text frames only: a binary frame reaches
+        # them as a Blob and fails as an invalid message.
+        assert isinstance(text, str), f"a binary frame arrived while waiting for {waiting_for}"
         message: dict[str, Any] = json.loads(text)
         kind = message.get("type")
         if kind == "ping":

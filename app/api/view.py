@@ -261,8 +261,10 @@ class GraphQLApp(GraphQL[Context, None]):
             sub_response.headers[name] = value
         return shaped.body
 
-    def encode_json(self, data: object) -> bytes:
-        return encode_json(data)
+    def encode_json(self, data: object) -> str:
+        # Text, not bytes: Strawberry sends bytes over WebSockets as binary frames, which
+        # browser clients (graphql-ws, Apollo) cannot read.
+        return encode_json(data).decode()
 
     def create_response(
         self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
