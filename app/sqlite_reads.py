@@ -19,6 +19,7 @@ import logging
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
@@ -63,8 +64,13 @@ class InlineReader:
     def _open(self) -> sqlite3.Connection | None:
         # Read-only and in autocommit mode: every statement is a read transaction of its
         # own that sees every commit made before it. No busy wait: the loop must not block.
+        # As a URI, for mode=ro: the path is percent-encoded, since "?", "#" and "%" are not
+        # plain characters there.
         connection = sqlite3.connect(
-            f"file:{self._path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            f"file:{quote(self._path)}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
         )
         connection.execute("PRAGMA busy_timeout = 0")
         (mode,) = connection.execute("PRAGMA journal_mode").fetchone()

@@ -106,8 +106,9 @@ def test_outside_wal_mode_every_read_is_left_to_tortoise(tmp_path: Path) -> None
     assert not reader.enabled
 
 
-def test_a_reader_follows_its_client_reconnecting(tmp_path: Path) -> None:
-    path = tmp_path / "wal.sqlite3"
+@pytest.mark.parametrize("name", ["wal.sqlite3", "a b#c?d%20e.sqlite3"])
+def test_a_reader_follows_its_client_reconnecting(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
     with sqlite3.connect(path) as setup:
         setup.execute("PRAGMA journal_mode = WAL")
         setup.execute("CREATE TABLE t (x)")
