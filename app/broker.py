@@ -235,7 +235,7 @@ class PostgresBroker(Broker):
                     await task
         await self._disconnect()
 
-    def notification(self, events: Sequence[StoredEvent]) -> tuple[str, list[str]] | None:
+    def notification(self, events: Sequence[StoredEvent]) -> tuple[str, list[str]]:
         payloads = []
         for event in events:
             encoded = encode_json(event.to_record())
@@ -247,7 +247,7 @@ class PostgresBroker(Broker):
     async def in_transaction(
         self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
     ) -> None:
-        channel, payloads = self.notification(events) or (CHANNEL, [])
+        channel, payloads = self.notification(events)
         # One statement for all; unnest yields the payloads in array order, and
         # notifications of one transaction are delivered in the order they were sent.
         await connection.execute_query(

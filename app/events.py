@@ -37,6 +37,7 @@ COLUMNS = (
     "event_id, account_id, order_id, version, position, event_type, state, service,"
     " service_status, description, metadata, created_at, created_by"
 )
+COLUMN_NAMES = tuple(name.strip() for name in COLUMNS.split(","))
 _STATES = {state.value: state for state in EventState}
 
 
@@ -107,25 +108,7 @@ class StoredEvent:
     def from_record(cls, record: Mapping[str, Any]) -> StoredEvent:
         """From a row read with raw SQL (or anything indexed by column name, such as
         ``to_record``'s dictionary)."""
-        created_at = record["created_at"]
-        if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
-            created_at = datetime.fromisoformat(created_at)
-        metadata = record["metadata"]
-        return cls._filled(
-            id=record["event_id"],
-            account_id=record["account_id"],
-            order_id=record["order_id"],
-            version=record["version"],
-            position=record["position"],
-            event_type=record["event_type"],
-            state=_STATES[record["state"]],
-            service=record["service"],
-            service_status=record["service_status"],
-            description=record["description"],
-            metadata=None if metadata is None else json.loads(metadata),
-            created_at=created_at,
-            created_by=record["created_by"],
-        )
+        return cls.from_columns([record[name] for name in COLUMN_NAMES])
 
     @classmethod
     def from_columns(cls, row: Sequence[Any], start: int = 0) -> StoredEvent:
@@ -136,7 +119,11 @@ class StoredEvent:
         (service, service_status, description, metadata, created_at, created_by) = values[7:]
         if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
             created_at = datetime.fromisoformat(created_at)
-        return cls._filled(
+        # Pages and batches hold many events: filling the instance's __dict__ at once costs
+        # a tenth of the frozen dataclass's __init__ (one object.__setattr__ per field).
+        # Every field must be given, as __init__ would insist.
+        event = object.__new__(cls)
+        event.__dict__.update(
             id=event_id,
             account_id=account_id,
             order_id=order_id,
@@ -151,33 +138,11 @@ class StoredEvent:
             created_at=created_at,
             created_by=created_by,
         )
+        return event
 
     @classmethod
     def from_row(cls, row: OrderEvent | PendingEvent) -> StoredEvent:
-        return cls._filled(
-            id=row.event_id,
-            account_id=row.account_id,
-            order_id=row.order_id,
-            version=row.version,
-            position=row.position,
-            event_type=row.event_type,
-            state=EventState(row.state),
-            service=row.service,
-            service_status=row.service_status,
-            description=row.description,
-            metadata=None if row.metadata is None else json.loads(row.metadata),
-            created_at=row.created_at,
-            created_by=row.created_by,
-        )
-
-    @classmethod
-    def _filled(cls, **fields: Any) -> StoredEvent:
-        # Pages and batches hold many events: filling the instance's __dict__ at once costs
-        # a tenth of the frozen dataclass's __init__ (one object.__setattr__ per field).
-        # Every field must be given, as __init__ would insist.
-        event = object.__new__(cls)
-        event.__dict__.update(fields)
-        return event
+        return cls.from_columns([getattr(row, name) for name in COLUMN_NAMES])
 
 
 @dataclass(slots=True)

@@ -234,31 +234,6 @@ def test_outside_a_loop_every_line_is_flushed() -> None:
     assert stream.flushes == 2
 
 
-def test_a_line_stays_ascii_whatever_the_caller_is_called(
-    logs: pytest.LogCaptureFixture,
-) -> None:
-    caller = "kü\u2028che\u2029\n{x}"
-    principal = Principal(
-        subject=caller, account_id="T12345678", scopes=frozenset(), expires_at=0.0
-    )
-
-    access.write_line(
-        request_id="r",
-        method="POST",
-        operation="Op",
-        principal=principal,
-        client=None,
-        status=200,
-        started=time.perf_counter(),
-        errors=[],
-    )
-
-    (record,) = [r for r in logs.records if r.name == "app.access"]
-    text = record.getMessage()
-    assert text.isascii() and len(text.splitlines()) == 1
-    assert json.loads(text)["caller"] == caller
-
-
 def _write(caller: str = "kitchen-1") -> None:
     principal = Principal(
         subject=caller, account_id="T12345678", scopes=frozenset(), expires_at=0.0
@@ -273,6 +248,19 @@ def _write(caller: str = "kitchen-1") -> None:
         started=time.perf_counter(),
         errors=[],
     )
+
+
+def test_a_line_stays_ascii_whatever_the_caller_is_called(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    caller = "kü\u2028che\u2029\n{x}"
+
+    _write(caller)
+
+    (record,) = [r for r in logs.records if r.name == "app.access"]
+    text = record.getMessage()
+    assert text.isascii() and len(text.splitlines()) == 1
+    assert json.loads(text)["caller"] == caller
 
 
 def _configure(monkeypatch: pytest.MonkeyPatch) -> tuple[_Stream, access.FlushPerTick]:

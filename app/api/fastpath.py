@@ -298,10 +298,6 @@ def _attribute(path: str) -> tuple[str, str]:
     return "leaf", path
 
 
-def _leaf(read: Callable[[Any], Any]) -> tuple[str, FieldReader]:
-    return "leaf", lambda value, _url: read(value)
-
-
 def _typename(name: str) -> tuple[str, FieldReader]:
     return "leaf", lambda _value, _url: name
 
