@@ -28,8 +28,7 @@ import asyncpg
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from app.encoding import encode_json
-from app.events import StoredEvent
+from app.events import COLUMN_NAMES, StoredEvent
 from app.models import OrderEvent
 
 logger = logging.getLogger(__name__)
@@ -39,6 +38,28 @@ CHANNEL: Final = "order_events"
 LISTENER_NAME: Final = "order-events-listener"
 # NOTIFY refuses payloads of 8000 bytes or more; a larger event is sent as a reference.
 MAX_PAYLOAD: Final = 7900
+
+# An event's payload, made by PostgreSQL in the statement that stores it: the row as
+# ``StoredEvent.to_record`` has it (metadata as its JSON text, created_at as ISO 8601), or
+# a reference that receivers read from the table when that is too large for NOTIFY.
+_RECORD = "json_build_object(" + ", ".join(f"'{name}', {name}" for name in COLUMN_NAMES) + ")"
+NOTIFY_SQL: Final = (
+    f"pg_notify('{CHANNEL}', (SELECT CASE WHEN octet_length(record) <= {MAX_PAYLOAD}"  # noqa: S608
+    " THEN record ELSE json_build_object('ref', event_id, 'a', account_id, 'o', order_id)::text"
+    f" END FROM (SELECT {_RECORD}::text AS record) AS payload))"
+)
+# For events already stored (``in_transaction``): their rows in the order given, each event
+# notified in turn (notifications of one transaction arrive in the order they were sent).
+_NOTIFY_STORED: Final = (
+    f"SELECT {NOTIFY_SQL} FROM ("  # noqa: S608 (no input in the text)
+    + "SELECT "
+    + ", ".join(
+        "given.created_at AS created_at" if name == "created_at" else f"stored.{name}"
+        for name in COLUMN_NAMES
+    )
+    + " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS given(event_id, created_at, n)"
+    " JOIN order_events AS stored USING (event_id) ORDER BY given.n) AS event"
+)
 
 
 class _Marker:
@@ -174,16 +195,18 @@ class Broker:
     async def stop(self) -> None:
         return None
 
-    def notification(self, events: Sequence[StoredEvent]) -> tuple[str, list[str]] | None:
-        """(channel, payloads) for the writer to NOTIFY in the events' transaction, in the
-        statement that inserts them; None when this broker needs no notification."""
+    def notify_sql(self) -> str | None:
+        """An SQL expression that NOTIFYs one committed event to the other processes, for the
+        writer to put in the statement that stores the events; None when this broker needs
+        no notification. It reads the event's ``COLUMNS`` by name, ``created_at`` as ISO 8601
+        text (``created_at_text``): a row source must offer those."""
         return None
 
     async def in_transaction(
         self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
     ) -> None:
-        """Called inside the writer's transaction, after the events' rows are written, when
-        the writer sent no ``notification`` with them."""
+        """Called inside the writer's transaction after the events' rows are written, when
+        the writer stores them in statements of its own rather than with ``notify_sql``."""
         return None
 
     def after_commit(self, events: Sequence[StoredEvent]) -> None:
@@ -235,24 +258,17 @@ class PostgresBroker(Broker):
                     await task
         await self._disconnect()
 
-    def notification(self, events: Sequence[StoredEvent]) -> tuple[str, list[str]]:
-        payloads = []
-        for event in events:
-            encoded = encode_json(event.to_record())
-            if len(encoded) > MAX_PAYLOAD:
-                encoded = encode_json({"ref": event.id, "a": event.account_id, "o": event.order_id})
-            payloads.append(encoded.decode())
-        return CHANNEL, payloads
+    def notify_sql(self) -> str:
+        return NOTIFY_SQL
 
     async def in_transaction(
         self, connection: BaseDBAsyncClient, events: Sequence[StoredEvent]
     ) -> None:
-        channel, payloads = self.notification(events)
-        # One statement for all; unnest yields the payloads in array order, and
-        # notifications of one transaction are delivered in the order they were sent.
+        # Read back from the table, so that the payload is made by the one expression the
+        # writer's batches use too; created_at as the event has it.
         await connection.execute_query(
-            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload",
-            [channel, payloads],
+            _NOTIFY_STORED,
+            [[event.id for event in events], [event.created_at_text for event in events]],
         )
 
     # The listening connection -------------------------------------------------------------
@@ -331,7 +347,7 @@ class PostgresBroker(Broker):
                 self.hub.publish(event)
 
     async def _decode(self, payload: str) -> StoredEvent | None:
-        data = orjson.loads(payload)  # written by in_transaction, so plain JSON
+        data = orjson.loads(payload)  # made by NOTIFY_SQL, so plain JSON
         if "ref" not in data:
             if not self.hub.wants(data["account_id"], data["order_id"]):
                 return None  # nobody here watches it (every writer hears its own events)
