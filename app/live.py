@@ -21,6 +21,7 @@ coroutine stacks.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any, Protocol
 
@@ -204,7 +205,14 @@ class Feed(Subscription):
     ) -> None:
         """``after``: (position, version, cursor) as ``check`` decoded it, or None for
         "from now on"."""
-        super().__init__(broker.hub, account_id, order_id, buffer_size)
+        # Interned: thousands of subscribers to one stream then share its two identifiers
+        # (checked by ``check`` already, so bounded in size) for as long as they watch.
+        super().__init__(
+            broker.hub,
+            sys.intern(account_id),
+            None if order_id is None else sys.intern(order_id),
+            buffer_size,
+        )
         self._receiver = receiver
         self._loop = asyncio.get_running_loop()
         self._progress: _Progress | None = None

@@ -109,6 +109,10 @@ def service_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def service(url: str, workdir: Path, *uvicorn_args: str, **env: str) -> Iterator[Server]:
+    """The service as scripts/serve runs it: ``start_server`` passes uvicorn the same
+    WebSocket arguments (``tests.servers.WEBSOCKET_ARGS``: the service's lighter sans-I/O
+    protocol, ``app.api.wsserver``, without per-message deflate), so that the fan-out's
+    memory and CPU figures are those of the deployed server."""
     running = start_server(
         service_env(url, workdir, **env),
         workdir / f"service-{time.monotonic_ns()}.log",

@@ -20,6 +20,17 @@ from tests.helpers import ACCOUNT, EVENT_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# uvicorn's WebSocket settings, as scripts/serve passes them (tests/test_wsserver.py holds the
+# two to the same): uvicorn's sans-I/O protocol in the service's lighter subclass (see
+# app.api.wsserver for why), without per-message deflate. The benchmarks' servers
+# (bench/harness.py) start through here too.
+WEBSOCKET_ARGS = (
+    "--ws",
+    "app.api.wsserver:WebSocketProtocol",
+    "--ws-per-message-deflate",
+    "false",
+)
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -62,11 +73,7 @@ def start_server(
                 "--port",
                 str(port),
                 "--no-access-log",
-                # As scripts/serve runs it.
-                "--ws",
-                "websockets-sansio",
-                "--ws-per-message-deflate",
-                "false",
+                *WEBSOCKET_ARGS,
                 *extra_args,
             ],
             cwd=ROOT,

@@ -1,0 +1,646 @@
+"""The service's WebSocket protocol (``app.api.wsserver``): uvicorn's sans-I/O protocol,
+keeping less per connection, with the same behaviour.
+
+Most tests run the protocol in memory: a fake transport on one side, websockets' own sans-I/O
+client on the other, the echo application of ``tests/wsecho.py`` behind it. One runs it in a
+uvicorn process started as ``scripts/serve`` starts the service. The last ones read uvicorn's
+source: the subclass relies on how uvicorn 0.54 uses the attributes it replaces, and an
+upgrade must fail here rather than quietly change what a connection does.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+import websockets
+from uvicorn.config import Config
+from uvicorn.protocols.websockets import websockets_sansio_impl
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from app.api import wsserver
+from app.api.wsserver import (
+    _UVICORN_ATTRIBUTES,
+    Deadlines,
+    Gate,
+    Inbox,
+    WebSocketProtocol,
+    frame_header,
+    shared_header,
+)
+from tests import wsecho
+from tests.servers import ROOT, WEBSOCKET_ARGS, start_server, stop_server
+
+WAIT = 5.0
+
+
+class FakeTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Loopback:
+    """A server-side protocol and websockets' sans-I/O client, connected in memory."""
+
+    def __init__(
+        self, protocol_class: type[WebSocketsSansIOProtocol], path: str, **options: Any
+    ) -> None:
+        options = {"ws_ping_interval": None, **options}
+        config = Config(
+            app=wsecho.app,
+            ws=protocol_class,
+            ws_per_message_deflate=False,
+            lifespan="off",
+            log_config=None,
+            **options,
+        )
+        config.load()
+        self.transport = FakeTransport()
+        self.server = protocol_class(config=config, server_state=ServerState(), app_state={})
+        self.server.connection_made(self.transport)
+        self.client = ClientProtocol(parse_uri(f"ws://testserver{path}"))
+        self.client.send_request(self.client.connect())
+        self.flush()
+
+    def flush(self) -> None:
+        """Hands the server what the client has written."""
+        data = b"".join(self.client.data_to_send())
+        if data:
+            self.server.data_received(data)
+
+    def read(self) -> list[Any]:
+        """What the server has written so far, as the client reads it."""
+        data = bytes(self.transport.written)
+        self.transport.written.clear()
+        if data:
+            self.client.receive_data(data)
+        return self.client.events_received()
+
+    async def receive(self) -> list[Any]:
+        """Waits for the server to write something, and reads it."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                events = self.read()
+                if events:
+                    return events
+                await asyncio.sleep(0.001)
+
+    async def frame(self) -> Frame:
+        (event,) = await self.receive()
+        assert isinstance(event, Frame), event
+        return event
+
+    async def send_text(self, text: str) -> None:
+        self.client.send_text(text.encode())
+        self.flush()
+
+    async def echo(self, text: str) -> str:
+        await self.send_text(text)
+        frame = await self.frame()
+        assert frame.opcode is Opcode.TEXT
+        return frame.data.decode()
+
+    def disconnect(self) -> None:
+        if not self.server.disconnected:
+            self.server.connection_lost(None)
+
+
+@pytest.fixture
+async def connect_in_memory() -> AsyncIterator[Callable[..., Any]]:
+    """Opens loopback connections (handshake answered) and drops them after the test."""
+    opened: list[Loopback] = []
+
+    async def opening(
+        path: str = "/echo",
+        protocol_class: type[WebSocketsSansIOProtocol] = WebSocketProtocol,
+        **options: Any,
+    ) -> Loopback:
+        loopback = Loopback(protocol_class, path, **options)
+        opened.append(loopback)
+        (response,) = await loopback.receive()
+        assert isinstance(response, Response)
+        return loopback
+
+    yield opening
+    for loopback in opened:
+        loopback.disconnect()
+    await asyncio.sleep(0)
+
+
+def closing(frame: Frame) -> Close:
+    assert frame.opcode is Opcode.CLOSE, frame
+    return Close.parse(frame.data)
+
+
+async def settled(condition: Callable[[], bool]) -> None:
+    """Lets the loop run until ``condition`` holds (a fake transport and a sans-I/O client
+    have nothing to wait on but the loop itself)."""
+    async with asyncio.timeout(WAIT):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
+# Behaviour, as uvicorn's own protocol has it.
+
+
+async def test_the_handshake_is_answered_with_101() -> None:
+    loopback = Loopback(WebSocketProtocol, "/echo")
+    (response,) = await loopback.receive()
+    loopback.disconnect()
+
+    assert response.status_code == 101
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
+async def test_a_text_message_comes_back_as_sent(connect_in_memory: Any, size: int) -> None:
+    loopback = await connect_in_memory()
+    text = "é" * (size // 2) + "x" * (size % 2)
+
+    assert await loopback.echo(text) == text
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 70_000])
+async def test_a_binary_message_comes_back_as_sent(connect_in_memory: Any, size: int) -> None:
+    loopback = await connect_in_memory()
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    loopback.client.send_binary(data)
+    loopback.flush()
+
+    frame = await loopback.frame()
+
+    assert (frame.opcode, frame.data) == (Opcode.BINARY, data)
+
+
+async def test_messages_come_back_in_the_order_sent(connect_in_memory: Any) -> None:
+    loopback = await connect_in_memory()
+    for number in range(50):
+        loopback.client.send_text(str(number).encode())
+    loopback.flush()
+    received: list[str] = []
+
+    async with asyncio.timeout(WAIT):
+        while len(received) < 50:
+            received.extend(frame.data.decode() for frame in await loopback.receive())
+
+    assert received == [str(number) for number in range(50)]
+
+
+async def test_reading_pauses_while_a_message_waits_for_the_application(
+    connect_in_memory: Any,
+) -> None:
+    loopback = await connect_in_memory()
+    loopback.client.send_text(b"one")
+    loopback.client.send_text(b"two")
+    loopback.flush()
+    paused = not loopback.transport.reading
+
+    frames: list[Frame] = []
+    while len(frames) < 2:
+        frames.extend(await loopback.receive())
+    await settled(lambda: loopback.transport.reading)
+
+    assert paused
+    assert [frame.data for frame in frames] == [b"one", b"two"]
+
+
+async def test_sends_wait_while_the_transport_is_paused(connect_in_memory: Any) -> None:
+    loopback = await connect_in_memory()
+    loopback.server.pause_writing()
+    await loopback.send_text("held")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    held = loopback.read()
+
+    loopback.server.resume_writing()
+    frame = await loopback.frame()
+
+    assert held == []
+    assert frame.data == b"held"
+
+
+async def test_the_applications_close_code_and_reason_reach_the_client(
+    connect_in_memory: Any,
+) -> None:
+    loopback = await connect_in_memory()
+    await loopback.send_text("close 4401 access token expired")
+
+    close = closing(await loopback.frame())
+    loopback.flush()  # the client's answer completes the closing handshake
+
+    assert (close.code, close.reason) == (4401, "access token expired")
+    assert loopback.transport.closed
+
+
+async def test_the_clients_close_code_reaches_the_application(connect_in_memory: Any) -> None:
+    loopback = await connect_in_memory()
+    seen = len(wsecho.disconnects)
+    loopback.client.send_close(4000, "leaving")
+    loopback.flush()
+
+    await settled(lambda: len(wsecho.disconnects) > seen)
+
+    assert wsecho.disconnects[-1] == 4000
+
+
+async def test_a_message_over_the_maximum_size_closes_with_1009(connect_in_memory: Any) -> None:
+    loopback = await connect_in_memory(ws_max_size=1000)
+    seen = len(wsecho.disconnects)
+    await loopback.send_text("x" * 1001)
+
+    close = closing(await loopback.frame())
+    await settled(lambda: len(wsecho.disconnects) > seen)
+
+    assert close.code == 1009
+    assert wsecho.disconnects[-1] == 1009
+
+
+async def test_an_idle_connection_is_pinged_and_stays_open_while_it_answers(
+    connect_in_memory: Any,
+) -> None:
+    loopback = await connect_in_memory(ws_ping_interval=0.01, ws_ping_timeout=WAIT)
+
+    first = await loopback.frame()
+    loopback.flush()  # the client's pong
+    second = await loopback.frame()
+    loopback.flush()
+
+    assert (first.opcode, second.opcode) == (Opcode.PING, Opcode.PING)
+    assert await loopback.echo("still here") == "still here"
+
+
+async def test_a_connection_that_does_not_answer_pings_is_closed_with_1011(
+    connect_in_memory: Any,
+) -> None:
+    loopback = await connect_in_memory(ws_ping_interval=0.01, ws_ping_timeout=0.01)
+
+    ping = await loopback.frame()  # not answered: the pong is never flushed
+    close = closing(await loopback.frame())
+
+    assert ping.opcode is Opcode.PING
+    assert close.code == 1011
+    assert loopback.transport.closed
+
+
+async def test_shutdown_closes_open_connections_with_1012(connect_in_memory: Any) -> None:
+    loopback = await connect_in_memory()
+    seen = len(wsecho.disconnects)
+
+    loopback.server.shutdown()
+    close = closing(await loopback.frame())
+    await settled(lambda: len(wsecho.disconnects) > seen)
+
+    assert close.code == 1012
+    assert wsecho.disconnects[-1] == 1012
+
+
+async def test_a_handshake_the_application_refuses_is_answered_with_403() -> None:
+    loopback = Loopback(WebSocketProtocol, "/refuse")
+
+    (response,) = await loopback.receive()
+
+    assert response.status_code == 403
+
+
+async def test_handshakes_are_logged_as_uvicorns_are(
+    connect_in_memory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+
+    await connect_in_memory()
+    refused = Loopback(WebSocketProtocol, "/refuse")
+    await refused.receive()
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.endswith('"WebSocket /echo" [accepted]') for line in lines), lines
+    assert any(line.endswith('"WebSocket /refuse" 403') for line in lines), lines
+
+
+# What the subclass changes.
+
+
+async def test_the_handshake_is_let_go_once_answered(connect_in_memory: Any) -> None:
+    loopback = await connect_in_memory()
+    server = loopback.server
+    # websockets' parser keeps the request it parsed for as long as the connection lasts.
+    kept_by_parser = server.conn.parser.gi_frame.f_locals["request"]
+
+    assert not hasattr(server, "request")
+    assert not hasattr(server, "response")
+    assert list(kept_by_parser.headers.raw_items()) == []
+    assert await loopback.echo("still works") == "still works"
+
+
+async def test_the_connections_attributes_are_slots_not_a_dictionary(
+    connect_in_memory: Any,
+) -> None:
+    loopback = await connect_in_memory()
+
+    assert vars(loopback.server) == {}
+
+
+async def test_a_connection_runs_as_stock_uvicorns_when_uvicorn_is_not_as_expected(
+    connect_in_memory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class OtherQueue(asyncio.Queue[Any]):
+        pass
+
+    stock_init = WebSocketsSansIOProtocol.__init__
+
+    def changed_init(self: WebSocketsSansIOProtocol, *args: Any, **kwargs: Any) -> None:
+        stock_init(self, *args, **kwargs)
+        self.queue = OtherQueue()
+
+    monkeypatch.setattr(WebSocketsSansIOProtocol, "__init__", changed_init)
+    monkeypatch.setattr(WebSocketProtocol, "_warned", False)
+    caplog.set_level(logging.WARNING, logger="app.api.wsserver")
+
+    loopback = await connect_in_memory()
+
+    assert isinstance(loopback.server.queue, OtherQueue)
+    assert hasattr(loopback.server, "request")  # kept, as stock uvicorn keeps it
+    assert await loopback.echo("as ever") == "as ever"
+    assert "connections run as stock uvicorn's" in caplog.text
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 300_000])
+def test_frame_headers_are_the_ones_websockets_makes(length: int) -> None:
+    data = b"x" * length
+    for opcode in (Opcode.TEXT, Opcode.BINARY):
+        assert frame_header(opcode, length) + data == Frame(opcode, data).serialize(mask=False)
+
+
+async def test_the_inbox_hands_messages_over_in_order() -> None:
+    taken: list[None] = []
+    inbox = Inbox(asyncio.get_running_loop(), lambda: taken.append(None))
+    waiting = inbox.next()
+    inbox.put_nowait({"type": "websocket.receive", "text": "1"})
+    inbox.put_nowait({"type": "websocket.receive", "text": "2"})
+    inbox.put_nowait({"type": "websocket.receive", "text": "3"})
+
+    messages = [await waiting, await inbox.next(), await inbox.next()]
+    await asyncio.sleep(0)
+
+    assert [message.get("text") for message in messages] == ["1", "2", "3"]
+    assert inbox.empty()
+    assert taken == [None]  # once, for the message handed straight to the waiting reader
+
+
+async def test_the_inbox_skips_a_reader_that_was_cancelled() -> None:
+    inbox = Inbox(asyncio.get_running_loop(), lambda: None)
+    gone = inbox.next()
+    gone.cancel()
+    waiting = inbox.next()
+
+    inbox.put_nowait({"type": "websocket.receive", "text": "for the one still waiting"})
+
+    assert (await waiting).get("text") == "for the one still waiting"
+
+
+async def test_the_gate_holds_waiters_until_it_is_set() -> None:
+    gate = Gate(asyncio.get_running_loop())
+    gate.clear()
+    waiters = [asyncio.ensure_future(gate.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    held = [waiter.done() for waiter in waiters]
+
+    gate.set()
+
+    assert held == [False, False, False]
+    assert await asyncio.gather(*waiters) == [True, True, True]
+    assert gate.is_set()
+
+
+async def test_deadlines_run_in_the_order_they_fall_due() -> None:
+    deadlines = Deadlines(asyncio.get_running_loop())
+    ran: list[float] = []
+    last = asyncio.get_running_loop().create_future()
+    for delay in (0.03, 0.01, 0.02):
+        deadlines.call_later(delay, lambda delay=delay: ran.append(delay))
+    deadlines.call_later(0.04, lambda: last.set_result(None))
+
+    await asyncio.wait_for(last, WAIT)
+
+    assert ran == [0.01, 0.02, 0.03]
+    assert len(deadlines) == 0
+
+
+async def test_a_cancelled_deadline_does_not_run_and_lets_go_of_its_callback() -> None:
+    deadlines = Deadlines(asyncio.get_running_loop())
+    ran: list[str] = []
+    last = asyncio.get_running_loop().create_future()
+    cancelled = deadlines.call_later(0.01, lambda: ran.append("cancelled"))
+    deadlines.call_later(0.02, lambda: last.set_result(None))
+
+    cancelled.cancel()
+    await asyncio.wait_for(last, WAIT)
+
+    assert ran == []
+    assert cancelled.callback is None
+
+
+async def test_many_cancelled_deadlines_leave_the_heap() -> None:
+    deadlines = Deadlines(asyncio.get_running_loop())
+    entries = [deadlines.call_later(3600, lambda: None) for _ in range(1000)]
+
+    for entry in entries[:900]:
+        entry.cancel()
+
+    assert len(deadlines) == 100
+    assert len(deadlines._heap) < 300
+    for entry in entries[900:]:
+        entry.cancel()
+
+
+async def test_a_deadline_callback_that_fails_is_reported_and_the_others_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    monkeypatch.setattr(loop, "call_exception_handler", reported.append)
+    deadlines = Deadlines(loop)
+    last = loop.create_future()
+
+    def failing() -> None:
+        raise RuntimeError("boom")
+
+    deadlines.call_later(0.0, failing)
+    deadlines.call_later(0.0, lambda: last.set_result(None))
+    await asyncio.wait_for(last, WAIT)
+
+    assert [type(context["exception"]) for context in reported] == [RuntimeError]
+
+
+def test_repeated_request_headers_are_shared_and_others_kept_apart() -> None:
+    def header(name: str, value: str) -> tuple[bytes, bytes]:
+        return (name.encode(), value.encode())  # a new tuple each time
+
+    first_user_agent = shared_header(header("user-agent", "Mozilla/5.0 (test)"))
+    first_authorization = shared_header(header("authorization", "Bearer secret"))
+
+    assert shared_header(header("user-agent", "Mozilla/5.0 (test)")) is first_user_agent
+    assert shared_header(header("authorization", "Bearer secret")) is not first_authorization
+
+
+# As scripts/serve runs it.
+
+
+def test_scripts_serve_runs_the_same_websocket_protocol_as_the_tests() -> None:
+    serve = (ROOT / "scripts" / "serve").read_text()
+
+    assert f"--ws {WEBSOCKET_ARGS[1]} " in serve
+
+
+async def test_uvicorn_serves_with_the_protocol_from_the_command_line(tmp_path: Path) -> None:
+    server = start_server({}, tmp_path / "echo.log", factory="tests.wsecho:create_app")
+    try:
+        async with connect(server.url.replace("http", "ws", 1) + "/echo") as client:
+            await client.send("over a real socket")
+            answer = await asyncio.wait_for(client.recv(), WAIT)
+    finally:
+        stop_server(server)
+
+    assert answer == "over a real socket"
+    assert "disconnected 1000" in server.output()
+    assert "app.api.wsserver" not in server.output()  # no warning: the light protocol ran
+
+
+# uvicorn's internals the subclass relies on. When one of these fails after an upgrade, read
+# the new websockets_sansio_impl.py against app/api/wsserver.py before changing the pins.
+
+
+def test_uvicorn_and_websockets_are_the_versions_the_protocol_was_checked_against() -> None:
+    assert uvicorn.__version__.startswith("0.54.")
+    assert websockets.__version__.split(".")[0] == "17"
+
+
+def _stock_class() -> ast.ClassDef:
+    tree = ast.parse(inspect.getsource(websockets_sansio_impl))
+    return next(
+        node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name == "WebSocketsSansIOProtocol"
+    )
+
+
+def _uses_of(attribute: str) -> list[tuple[str, str]]:
+    """(method, use) for each use of ``self.<attribute>`` in uvicorn's class: the name of
+    the attribute or method taken from it, or "store", "read"."""
+    uses = []
+    for method in _stock_class().body:
+        if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        parents = {
+            child: parent for parent in ast.walk(method) for child in ast.iter_child_nodes(parent)
+        }
+        for node in ast.walk(method):
+            if not (
+                isinstance(node, ast.Attribute)
+                and node.attr == attribute
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                continue
+            parent = parents.get(node)
+            if isinstance(node.ctx, ast.Store | ast.Del):
+                uses.append((method.name, "store"))
+            elif isinstance(parent, ast.Attribute):
+                uses.append((method.name, parent.attr))
+            else:
+                uses.append((method.name, "read"))
+    return uses
+
+
+def test_the_slots_cover_every_attribute_uvicorn_sets() -> None:
+    assigned = {
+        node.attr
+        for node in ast.walk(_stock_class())
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    }
+
+    assert assigned == set(_UVICORN_ATTRIBUTES)
+
+
+def test_uvicorn_uses_its_queue_only_as_the_inbox_can_be_used() -> None:
+    uses = {(method, use) for method, use in _uses_of("queue") if method != "receive"}
+
+    assert {use for _, use in uses} <= {"put_nowait", "empty", "store"}
+    assert {method for method, use in uses if use == "store"} == {"__init__"}
+
+
+def test_uvicorn_uses_its_write_gate_only_as_the_gate_can_be_used() -> None:
+    uses = set(_uses_of("writable"))
+
+    assert {use for _, use in uses} <= {"set", "clear", "wait", "store"}
+    assert {method for method, use in uses if use == "store"} == {"__init__"}
+
+
+def test_uvicorn_reads_the_handshake_only_until_it_is_answered() -> None:
+    readers = {method for method, use in _uses_of("request") + _uses_of("response")}
+
+    assert readers == {"handle_connect", "send"}
+
+
+def test_uvicorn_only_cancels_its_ping_timer() -> None:
+    uses = {use for _, use in _uses_of("ping_timer")}
+
+    assert uses <= {"store", "cancel", "read"}
+    assert {method for method, use in _uses_of("ping_timer") if use == "read"} <= {
+        "stop_keepalive"  # `is not None`
+    }
+
+
+def test_the_methods_the_subclass_overrides_are_uvicorns() -> None:
+    methods = {
+        node.name
+        for node in _stock_class().body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    overridden = {
+        name
+        for name, value in vars(WebSocketProtocol).items()
+        if inspect.isfunction(value) and not name.startswith("_")
+    }
+
+    assert overridden <= methods
+    assert {"send_keepalive_ping", "connection_lost", "shutdown"} <= methods
+
+
+def test_the_module_documents_the_uvicorn_release_it_relies_on() -> None:
+    assert "0.54" in (wsserver.__doc__ or "")
