@@ -46,8 +46,8 @@ def main(argv: list[str]) -> int:
         "--fanout-large",
         type=int,
         metavar="N",
-        help="also fan out to N subscribers on PostgreSQL (10,000 did not connect on a "
-        "2-core machine: see docs/benchmarks.md)",
+        help="also fan out to N subscribers on PostgreSQL (10,000 take about a minute on a "
+        "2-core machine)",
     )
     parser.add_argument(
         "--seconds", type=int, help="length of each HTTP load (default 10, quick 2)"
@@ -134,7 +134,7 @@ def _fanout(args: argparse.Namespace, workdir: Path, token: str) -> list[dict[st
 
 
 def _machine() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("strawberry-graphql", "tortoise-orm", "uvicorn", "starlette", "asyncpg"):
         try:
             from importlib.metadata import version
@@ -197,6 +197,10 @@ def render(report: dict[str, Any]) -> str:
         row(f"{name}: p50 ms commit->receipt", run["p50_ms"])
         row(f"{name}: p99 ms commit->receipt", run["p99_ms"])
         row(f"{name}: missing deliveries", run["missing"])
+        if "server_cpu_us_per_delivery" in run:
+            row(f"{name}: server CPU us per delivery", run["server_cpu_us_per_delivery"])
+            row(f"{name}: ... of it in the kernel", run["server_system_cpu_us_per_delivery"])
+            row(f"{name}: clients' CPU us per delivery", run["client_cpu_us_per_delivery"])
         row(f"{name}: KiB per idle subscription", run["kib_per_subscription"])
     if workers := report.get("workers"):
         row(

@@ -5,35 +5,44 @@ processes, then posts events one at a time and records, in each client, the dela
 event's ``createdAt`` (stamped just before its commit) to its receipt. Also reports the
 server's resident memory per idle subscription (RSS delta / N, after a warm-up of a few
 subscriptions opened and closed, so that one-time allocations are not counted).
+
+The clients (``bench.wsclient``) are kept lean, or the figure would measure them; their CPU
+time and the server's while the events are delivered are reported per delivery, the
+server's split into user and system (kernel) time.
+
+Spacing: event k+1 is posted only once every subscriber has received event k (then 50 ms of
+quiet), with a generous 10 s cap per event that is counted when it is hit. The target is about
+one event reaching N subscribers; a fixed gap shorter than one event's delivery makes each
+event queue behind the previous one, so the figure would grow with the number of events
+posted rather than describe one fan-out. Nothing is dropped: every expected delivery that did
+not arrive by the report is counted as ``missing``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import multiprocessing
 import os
 import statistics
 import time
 from collections.abc import Sequence
-from datetime import datetime
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import httpx
-from websockets.asyncio.client import connect
 
-ACCOUNT = "T12345678"
-ORDER = "fanout-1"
-SUBSCRIBE = (
-    "subscription($a: ID!, $o: ID) { orderEvents(accountId: $a, orderId: $o) "
-    "{ version createdAt } }"
-)
+from bench.wsclient import ACCOUNT, ORDER, client_process
+
 CREATE = (
     "mutation($a: ID!, $o: ID!) { createOrderEvent(accountId: $a, orderId: $o, "
     'event: {service: "bench", serviceStatus: "tick"}) { version createdAt } }'
 )
+PACING_QUIET_SECONDS = 0.05
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
 
 
 def rss_kib(pid: int) -> int:
@@ -43,78 +52,12 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-async def _subscribers(url: str, token: str, count: int, pipe: Connection) -> None:
-    """One client process: opens ``count`` subscriptions, then records delays until told."""
-    ws_url = url.replace("http", "ws", 1) + "/graphql"
-    delays: list[float] = []
-    errors: list[str] = []
-    ready = 0
-    all_ready = asyncio.Event()
-
-    # A few handshakes at a time: a flood of them overflows the server's listen backlog.
-    opening = asyncio.Semaphore(50)
-
-    async def one() -> None:
-        nonlocal ready
-        async with opening:
-            ws = await connect(
-                ws_url, subprotocols=["graphql-transport-ws"], max_size=None, open_timeout=None
-            )
-            await ws.send(
-                json.dumps(
-                    {"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}
-                )
-            )
-            ack = json.loads(await ws.recv())
-            assert ack["type"] == "connection_ack", ack
-        async with ws:
-            await ws.send(
-                json.dumps(
-                    {
-                        "id": "1",
-                        "type": "subscribe",
-                        "payload": {"query": SUBSCRIBE, "variables": {"a": ACCOUNT, "o": ORDER}},
-                    }
-                )
-            )
-            ready += 1
-            if ready == count:
-                all_ready.set()
-            async for raw in ws:
-                received = time.time()
-                message = json.loads(raw)
-                if message["type"] == "next" and message["payload"].get("data"):
-                    created = message["payload"]["data"]["orderEvents"]["createdAt"]
-                    delays.append(received - datetime.fromisoformat(created).timestamp())
-                elif message["type"] in {"next", "error"}:
-                    errors.append(json.dumps(message["payload"])[:300])
-                elif message["type"] == "ping":
-                    await ws.send(json.dumps({"type": "pong"}))
-
-    tasks = [asyncio.create_task(one()) for _ in range(count)]
-    ready_or_failed = asyncio.create_task(all_ready.wait())
-    await asyncio.wait([ready_or_failed, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    failed = [task for task in tasks if task.done() and task.exception() is not None]
-    if failed:
-        pipe.send(f"{len(failed)} subscribers failed, e.g. {failed[0].exception()!r}")
-        return
-    await ready_or_failed
-    pipe.send("ready")
-    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "report"
-    pipe.send((delays, errors))
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _client_process(url: str, token: str, count: int, pipe: Connection) -> None:
-    asyncio.run(_subscribers(url, token, count, pipe))
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system (kernel) CPU time the process has used so far."""
+    # Fields after the command name, which is in parentheses and may contain anything.
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _warm_up(context: Any, url: str, token: str, count: int = 20) -> None:
@@ -122,7 +65,7 @@ def _warm_up(context: Any, url: str, token: str, count: int = 20) -> None:
     (the compiled document, caches, modules imported on first use) is not counted per
     subscription."""
     parent, child = context.Pipe()
-    process = context.Process(target=_client_process, args=(url, token, count, child))
+    process = context.Process(target=client_process, args=(url, token, count, child), daemon=True)
     process.start()
     if not parent.poll(60) or parent.recv() != "ready":
         raise RuntimeError("the warm-up subscribers did not connect")
@@ -145,7 +88,10 @@ def measure(
     ]
     for count in share:
         parent, child = context.Pipe()
-        process = context.Process(target=_client_process, args=(url, token, count, child))
+        # Daemons: if this process fails, they end with it instead of waiting for "report".
+        process = context.Process(
+            target=client_process, args=(url, token, count, child), daemon=True
+        )
         process.start()
         pipes.append(parent)
         processes.append(process)
@@ -158,28 +104,44 @@ def measure(
     time.sleep(1.0)  # let the last subscriptions reach the hub, and memory settle
     after = rss_kib(server_pid)
 
+    server_cpu_start = cpu_seconds(server_pid)
+    pacing_timeouts = 0
     headers = {"authorization": f"Bearer {token}"}
     with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
-        for _ in range(events):
+        for event in range(1, events + 1):
             body = http.post(
                 "/graphql", json={"query": CREATE, "variables": {"a": ACCOUNT, "o": ORDER}}
             ).json()
             assert "errors" not in body, body
-            time.sleep(0.25 if subscribers >= 5000 else 0.1)
-    time.sleep(2.0)
+            for pipe, count in zip(pipes, share, strict=True):
+                pipe.send(("wait", count * event))
+            pacing_timeouts += sum(not pipe.recv() for pipe in pipes)
+            time.sleep(PACING_QUIET_SECONDS)
+    if pacing_timeouts:
+        time.sleep(2.0)  # late deliveries still count
+    server_user, server_system = (
+        end - start for end, start in zip(cpu_seconds(server_pid), server_cpu_start, strict=True)
+    )
+    server_cpu = server_user + server_system
 
     delays: list[float] = []
     errors: list[str] = []
+    client_cpu = 0.0
     for pipe in pipes:
         pipe.send("report")
-        their_delays, their_errors = pipe.recv()
+        their_delays, their_errors, their_cpu = pipe.recv()
         delays.extend(their_delays)
         errors.extend(their_errors)
+        client_cpu += their_cpu
     for process in processes:
         process.join(timeout=30)
         if process.is_alive():
             process.kill()
     expected = subscribers * events
+
+    def per_delivery(seconds: float) -> float | None:
+        return round(seconds / len(delays) * 1e6, 1) if delays else None
+
     return {
         "subscribers": subscribers,
         "events": events,
@@ -194,4 +156,15 @@ def measure(
         "kib_per_subscription": round((after - before) / subscribers, 2),
         "client_processes": clients,
         "cpu_count": os.cpu_count(),
+        "event_spacing": f"after delivery to all + {PACING_QUIET_SECONDS * 1000:.0f} ms",
+        "pacing_timeouts": pacing_timeouts,
+        # CPU while the events were posted and delivered: the clients' (from "ready" to the
+        # report, conversion of createdAt excluded) and the server's, per delivery.
+        "client_cpu_s": round(client_cpu, 2),
+        "client_cpu_us_per_delivery": per_delivery(client_cpu),
+        "server_cpu_s": round(server_cpu, 2),
+        "server_cpu_us_per_delivery": per_delivery(server_cpu),
+        # The kernel's part: on loopback, sending a frame also runs the receiving side's TCP
+        # and wakes its reader, on the sender's CPU time.
+        "server_system_cpu_us_per_delivery": per_delivery(server_system),
     }

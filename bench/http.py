@@ -204,7 +204,7 @@ async def _deliver(url: str, token: str, events: int) -> dict[str, Any]:
             assert "errors" not in response.json(), response.text
     received = []
     for ws in sockets:
-        versions = []
+        versions: list[int] = []
         while len(versions) < events:
             message = json.loads(await asyncio.wait_for(ws.recv(), timeout=10))
             if message["type"] == "next":
