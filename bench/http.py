@@ -4,6 +4,7 @@ table grows, and with more worker processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 from pathlib import Path
@@ -132,17 +133,31 @@ def _ratios(slices: dict[str, dict[str, list[dict[str, Any]]]], phase: str) -> l
     return [round(s["rps"] / b["rps"], 2) for s, b in pairs]
 
 
-def growth(kind: str, workdir: Path, token: str, sizes: list[int], seconds: int) -> dict[str, Any]:
-    """Append and read latency with ``sizes`` events already in the table."""
+def growth(
+    kind: str, workdir: Path, token: str, sizes: list[int], seconds: int, rounds: int = 3
+) -> dict[str, Any]:
+    """Append and read latency with ``sizes`` events already in the table: a database and a
+    service per size, all running, loaded in turns (writes, then reads) for ``rounds``
+    slices each, as ``side_by_side`` does, so that the host's drift falls on every size."""
     figures: dict[str, Any] = {"database": kind, "sizes": {}}
-    for size in sizes:
-        with harness.database(kind, workdir) as url:
+    slice_seconds = max(1, round(seconds / rounds))
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for size in sizes:
+            url = stack.enter_context(harness.database(kind, workdir))
             harness.seed(url, size)
-            with harness.service(url, workdir) as running:
-                figures["sizes"][str(size)] = {
-                    "write": write(running, token, seconds, connections=8),
-                    "read": read(running, token, seconds, connections=8),
-                }
+            servers[size] = stack.enter_context(harness.service(url, workdir))
+        slices: dict[int, dict[str, list[dict[str, Any]]]] = {
+            size: {"write": [], "read": []} for size in sizes
+        }
+        for phase, run in (("write", write), ("read", read)):
+            for _ in range(rounds):
+                for size, server in servers.items():
+                    slices[size][phase].append(run(server, token, slice_seconds, 8))
+    for size in sizes:
+        figures["sizes"][str(size)] = {
+            phase: combine(slices[size][phase]) for phase in ("write", "read")
+        }
     small, large = (figures["sizes"][str(size)] for size in (min(sizes), max(sizes)))
     for phase in ("write", "read"):
         for stat in ("p50_ms", "p99_ms"):
