@@ -2,10 +2,10 @@
 
 Plain appends are group-committed: while one transaction commits, the appends that arrive
 queue up, and the next transaction stores all of them at once — one commit (one fsync)
-for many events, and a fixed number of statements whatever their number: on PostgreSQL
-one (``_one_statement``), on SQLite three. Nobody waits for a batch to fill: an append
-that finds the writer idle starts a transaction at once. Each request still gets its
-answer only after its own event is committed.
+for many events, and a few statements whatever their number: on PostgreSQL one
+(``_one_statement``), on SQLite one per account and two more. Nobody waits for a batch to
+fill: an append that finds the writer idle starts a transaction at once. Each request
+still gets its answer only after its own event is committed.
 
 Appends with an idempotency key or an expected version take a transaction of their own:
 their checks decide, per event, whether it is stored at all.
