@@ -140,6 +140,7 @@ def growth(
     service per size, all running, loaded in turns (writes, then reads) for ``rounds``
     slices each, as ``side_by_side`` does, so that the host's drift falls on every size."""
     figures: dict[str, Any] = {"database": kind, "sizes": {}}
+    rounds = max(1, min(rounds, seconds))  # slices of a second at least (--quick: one round)
     slice_seconds = max(1, round(seconds / rounds))
     with contextlib.ExitStack() as stack:
         servers = {}
