@@ -86,8 +86,8 @@ def main(argv: list[str]) -> int:
             sizes = [1_000, 20_000] if args.quick else [10_000, 1_000_000]
             if args.tiny:
                 sizes = [100, 1_000]
-            # p99 over 2-s slices moved by up to 1.6x between runs of the same code; 3-s
-            # slices (the whole load length) held it within 0.87-1.06 (docs/benchmarks.md).
+            # The 1M-vs-10k p99 ratio over 2-s slices ranged 0.94-1.64 between runs of the
+            # same code; over 3-s slices (the whole load length) 0.85-1.24 (docs/benchmarks.md).
             growth_seconds = max(1, seconds // 2) if args.quick else seconds
             report["growth"] = [
                 http.growth(kind, workdir, token, sizes, growth_seconds) for kind in args.databases
