@@ -187,12 +187,14 @@ class HeldRequest:
 
 
 async def refuses_connections(server: Server) -> bool:
-    """Waits until the server no longer accepts connections: its shutdown has begun."""
+    """Waits until the server no longer accepts connections: its shutdown has begun. A
+    connection that reaches the listening socket's queue just as the server closes it is
+    reset by the kernel rather than refused; either means the same here."""
     async with asyncio.timeout(WAIT):
         while True:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
                 return True
             writer.close()
             await asyncio.sleep(0.02)
