@@ -8,7 +8,7 @@ import contextlib
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from websockets.asyncio.client import connect
@@ -16,6 +16,8 @@ from websockets.typing import Subprotocol
 
 from bench import harness, load
 from tests.servers import Server
+
+Key = TypeVar("Key", str, int)
 
 SERVICE_WRITE = json.dumps(
     {
@@ -86,13 +88,7 @@ def side_by_side(
         harness.service(service_url, workdir) as service_server,
     ):
         sides = {"baseline": (baseline_server, None), "service": (service_server, token)}
-        slices: dict[str, dict[str, list[dict[str, Any]]]] = {
-            side: {"write": [], "read": []} for side in sides
-        }
-        for phase, run in (("write", write), ("read", read)):
-            for _ in range(rounds):
-                for side, (server, side_token) in sides.items():
-                    slices[side][phase].append(run(server, side_token, slice_seconds, connections))
+        slices = _in_turns(sides, rounds, slice_seconds, connections)
     baseline = {phase: combine(slices["baseline"][phase]) for phase in ("write", "read")}
     service = {phase: combine(slices["service"][phase]) for phase in ("write", "read")}
     return {
@@ -108,6 +104,24 @@ def side_by_side(
         "write_ratios": _ratios(slices, "write"),
         "read_ratios": _ratios(slices, "read"),
     }
+
+
+def _in_turns(
+    targets: dict[Key, tuple[Server, str | None]],
+    rounds: int,
+    slice_seconds: int,
+    connections: int,
+) -> dict[Key, dict[str, list[dict[str, Any]]]]:
+    """Writes, then reads: ``rounds`` slices of each for every target (a server and its
+    token), the targets in turn within each round. Each target's slices, by phase."""
+    slices: dict[Key, dict[str, list[dict[str, Any]]]] = {
+        key: {"write": [], "read": []} for key in targets
+    }
+    for phase, run in (("write", write), ("read", read)):
+        for _ in range(rounds):
+            for key, (server, token) in targets.items():
+                slices[key][phase].append(run(server, token, slice_seconds, connections))
+    return slices
 
 
 def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -148,13 +162,9 @@ def growth(
             url = stack.enter_context(harness.database(kind, workdir))
             harness.seed(url, size)
             servers[size] = stack.enter_context(harness.service(url, workdir))
-        slices: dict[int, dict[str, list[dict[str, Any]]]] = {
-            size: {"write": [], "read": []} for size in sizes
-        }
-        for phase, run in (("write", write), ("read", read)):
-            for _ in range(rounds):
-                for size, server in servers.items():
-                    slices[size][phase].append(run(server, token, slice_seconds, 8))
+        slices = _in_turns(
+            {size: (server, token) for size, server in servers.items()}, rounds, slice_seconds, 8
+        )
     for size in sizes:
         figures["sizes"][str(size)] = {
             phase: combine(slices[size][phase]) for phase in ("write", "read")

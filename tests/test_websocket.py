@@ -43,32 +43,28 @@ async def test_each_message_is_answered_in_turn(
     assert [reply["type"] for reply in replies] == ["pong", "pong", "pong"]
 
 
-async def test_a_message_that_is_not_json_closes_with_4400(
-    server: Server, client: GraphQLClient
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        pytest.param("{not json", "WebSocket message must be valid JSON", id="not-json"),
+        pytest.param(
+            '{"type": "ping", "type": "pong"}',
+            "WebSocket message must be valid JSON",
+            id="a-repeated-key-is-not-json-either",
+        ),
+        pytest.param(
+            b'{"type": "connection_init"}', "WebSocket message type must be text", id="binary"
+        ),
+    ],
+)
+async def test_a_message_that_is_not_json_text_closes_with_4400(
+    server: Server, client: GraphQLClient, message: str | bytes, reason: str
 ) -> None:
     async with ws_connect(server.url) as ws:
-        await ws.websocket.send("{not json")
+        await ws.websocket.send(message)
         closed = await ws.closed()
 
-    assert closed == (4400, "WebSocket message must be valid JSON")
-
-
-async def test_a_message_repeating_a_key_is_not_json_either(
-    server: Server, client: GraphQLClient
-) -> None:
-    async with ws_connect(server.url) as ws:
-        await ws.websocket.send('{"type": "ping", "type": "pong"}')
-        closed = await ws.closed()
-
-    assert closed == (4400, "WebSocket message must be valid JSON")
-
-
-async def test_a_binary_message_closes_with_4400(server: Server, client: GraphQLClient) -> None:
-    async with ws_connect(server.url) as ws:
-        await ws.websocket.send(b'{"type": "connection_init"}')
-        closed = await ws.closed()
-
-    assert closed == (4400, "WebSocket message type must be text")
+    assert closed == (4400, reason)
 
 
 async def test_a_message_of_an_unknown_type_closes_with_4400(
