@@ -4,7 +4,8 @@ A watcher numbers what it has delivered by version (one order) or position (the 
 both are gap-free and in commit order (see ``app.models``), so:
 
 1. it subscribes to the hub first, so nothing committed from then on can slip past;
-2. it reads the head (or decodes ``after``) and replays what the table holds after it;
+2. it reads the head (read after subscribing, so every later event comes through the hub),
+   or decodes ``after`` and replays what the table holds after it;
 3. it then takes live events from its buffer, skipping any it has delivered already, and
    catching up from the table whenever the next number is not the one it expected, or the
    broker says notifications may have been lost.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from functools import partial
 from typing import Any, Protocol
 
 from app import events, validation
@@ -30,6 +32,7 @@ from app.auth import Principal
 from app.broker import RESYNC, Broker, Item, Subscription
 from app.errors import BadUserInput, FieldError, SlowConsumer
 from app.events import StoredEvent
+from app.shared_reads import SharedReads
 
 CATCH_UP_BATCH = 500
 
@@ -111,9 +114,8 @@ async def watch(
             assert after is not None
             position, version = start
             progress = _Progress(position if order_id is None else version, after)
-
-        async for event in _catch_up(account_id, order_id, progress):
-            yield event
+            async for event in _catch_up(account_id, order_id, progress):
+                yield event
         while True:
             item = await subscription.get()
             if item is None:
@@ -137,36 +139,28 @@ async def watch(
         subscription.close()
 
 
-# Stream -> the lookup of its latest event under way. Subscriptions that start together (all
-# clients reconnecting after a deploy) share one query per stream instead of queueing
-# thousands for the pool. A shared answer may be a little older than a later subscriber's
-# start; that subscriber then also gets the few events in between, from the table, as its
-# gap check sees them: older events, never a missing one.
-_latest_lookups: dict[tuple[str, str | None], asyncio.Task[StoredEvent | None]] = {}
+# Reconnect storms: thousands of subscriptions asking for the same head, or for what followed
+# the same cursor, share one query (see ``app.shared_reads``).
+_reads = SharedReads()
 
 
 async def _latest(account_id: str, order_id: str | None) -> StoredEvent | None:
-    key = (account_id, order_id)
-    lookup = _latest_lookups.get(key)
-    if lookup is None:
-        lookup = asyncio.ensure_future(events.latest(account_id, order_id))
-        _latest_lookups[key] = lookup
-        lookup.add_done_callback(lambda done: _forget(key, done))
-    # Shielded: one subscriber going away must not cancel the others' lookup.
-    return await asyncio.shield(lookup)
-
-
-def _forget(key: tuple[str, str | None], lookup: asyncio.Task[StoredEvent | None]) -> None:
-    _latest_lookups.pop(key, None)
-    if not lookup.cancelled():
-        lookup.exception()  # its subscribers may all have gone: it is seen either way
+    """The stream's latest event, read after this call: whatever commits later reaches a
+    subscriber that subscribed before calling through the hub."""
+    return await _reads.read(
+        ("latest", account_id, order_id), lambda: events.latest(account_id, order_id)
+    )
 
 
 async def _catch_up(
     account_id: str, order_id: str | None, progress: _Progress
 ) -> AsyncIterator[StoredEvent]:
     while True:
-        batch = await events.events_after(account_id, order_id, progress.number, CATCH_UP_BATCH)
+        after = progress.number
+        batch = await _reads.read(
+            ("after", account_id, order_id, after),
+            partial(events.events_after, account_id, order_id, after, CATCH_UP_BATCH),
+        )
         for event in batch:
             progress.advance(_number(event, order_id), event)
             yield event
@@ -305,9 +299,11 @@ class Feed(Subscription):
         try:
             progress = self._progress
             if progress is None:
+                resuming = self._after is not None
                 progress = self._progress = await self._start()
-                async for event in _catch_up(self.account_id, self.order_id, progress):
-                    await self._receiver.send_event(event)
+                if resuming:
+                    async for event in _catch_up(self.account_id, self.order_id, progress):
+                        await self._receiver.send_event(event)
             while True:
                 if self._closed:
                     return

@@ -204,6 +204,7 @@ def render(report: dict[str, Any]) -> str:
             row(f"{name}: ... of it in the kernel", run["server_system_cpu_us_per_delivery"])
             row(f"{name}: clients' CPU us per delivery", run["client_cpu_us_per_delivery"])
         row(f"{name}: KiB per idle subscription", run["kib_per_subscription"])
+        row(f"{name}: server CPU us per new subscription", run["server_cpu_us_per_subscription"])
     if workers := report.get("workers"):
         row(
             "postgres write requests/s, 2 workers vs 1",

@@ -82,6 +82,7 @@ def measure(
     context = multiprocessing.get_context("spawn")
     _warm_up(context, url, token)
     before = rss_kib(server_pid)
+    connect_cpu_start = cpu_seconds(server_pid)
     pipes, processes = [], []
     share = [
         subscribers // clients + (1 if i < subscribers % clients else 0) for i in range(clients)
@@ -103,6 +104,9 @@ def measure(
             raise RuntimeError(f"a client process failed: {answer}")
     time.sleep(1.0)  # let the last subscriptions reach the hub, and memory settle
     after = rss_kib(server_pid)
+    # The server's CPU for the whole connect storm: handshakes, tokens, subscribing, and
+    # the table reads each new subscription makes.
+    connect_cpu = sum(cpu_seconds(server_pid)) - sum(connect_cpu_start)
 
     server_cpu_start = cpu_seconds(server_pid)
     pacing_timeouts = 0
@@ -154,6 +158,7 @@ def measure(
         "max_ms": round(max(delays) * 1000, 1) if delays else None,
         "rss_delta_kib": after - before,
         "kib_per_subscription": round((after - before) / subscribers, 2),
+        "server_cpu_us_per_subscription": round(connect_cpu / subscribers * 1e6, 1),
         "client_processes": clients,
         "cpu_count": os.cpu_count(),
         "event_spacing": f"after delivery to all + {PACING_QUIET_SECONDS * 1000:.0f} ms",

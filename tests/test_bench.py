@@ -81,6 +81,7 @@ def test_quick_run_reports_every_figure(wrk: None, tmp_path: Path) -> None:
         assert fanout["missing"] == 0
         assert fanout["p50_ms"] is not None and fanout["p99_ms"] is not None
         assert "kib_per_subscription" in fanout
+        assert fanout["server_cpu_us_per_subscription"] > 0
     assert report["workers"]["cross_worker_delivery"]["all_received_in_order"] is True
     assert report["workers"]["ratio_2_to_1"] > 0
     assert "requests/s" in run.stdout  # the table

@@ -207,3 +207,92 @@ async def test_a_database_failure_ends_the_feed_with_the_error(
     with pytest.raises(ConnectionError):
         await watcher.take(1)
     assert watcher.broker.hub.subscription_count == 0
+
+
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the table reads feeds make from now on: head lookups and catch-up reads."""
+    reads = {"latest": 0, "events_after": 0}
+    for name in reads:
+        real = getattr(events, name)
+
+        async def counted(*args: object, _name: str = name, _real: object = real) -> object:
+            reads[_name] += 1
+            return await _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(events, name, counted)
+    return reads
+
+
+async def started(feeds: list[FeedWatcher]) -> None:
+    async with asyncio.timeout(WAIT):
+        # A feed signals nothing when it has read where to start; polled.
+        while any(watcher.feed_._progress is None for watcher in feeds):  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
+async def test_subscriptions_starting_together_read_the_head_once_and_nothing_after_it(
+    client: GraphQLClient, watchers: list[FeedWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reconnect storm without cursors: the head is read after they subscribed, so what
+    # commits later reaches them through the hub, and there is nothing to catch up on.
+    e = await store(client, ORDER)
+    reads = count_reads(monkeypatch)
+    broker = LocalBroker()
+    many = [FeedWatcher(ORDER, after=None, broker=broker) for _ in range(50)]
+    watchers.extend(many)
+    await started(many)
+
+    e += await store(client, ORDER)
+    broker.hub.publish(e[1])
+
+    assert [await watcher.take(1) for watcher in many] == [[e[1].id]] * 50
+    assert reads == {"latest": 1, "events_after": 0}
+
+
+async def test_subscriptions_resuming_from_one_cursor_share_one_catch_up_read(
+    client: GraphQLClient, watchers: list[FeedWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    e = await store(client, ORDER, ORDER, ORDER)
+    reads = count_reads(monkeypatch)
+    broker = LocalBroker()
+    many = [FeedWatcher(ORDER, after=e[0].cursor, broker=broker) for _ in range(50)]
+    watchers.extend(many)
+
+    assert [await watcher.take(2) for watcher in many] == [[e[1].id, e[2].id]] * 50
+    assert reads == {"latest": 0, "events_after": 1}
+
+
+async def test_a_subscription_starting_while_the_head_is_read_gets_a_head_read_after_it(
+    client: GraphQLClient, watchers: list[FeedWatcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first lookup's answer predates an event committed before the second subscription
+    # started. Sharing that answer would hand the second one the older event later on; it
+    # must start from a head read after it subscribed.
+    e = await store(client, ORDER)
+    real_latest = events.latest
+    answered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_first_latest(account_id: str, order_id: str | None) -> StoredEvent | None:
+        answer = await real_latest(account_id, order_id)
+        if not answered.is_set():
+            answered.set()
+            await release.wait()  # the answer is on its way back, slowly
+        return answer
+
+    monkeypatch.setattr(events, "latest", slow_first_latest)
+    broker = LocalBroker()
+    first = FeedWatcher(ORDER, after=None, broker=broker)
+    watchers.append(first)
+    async with asyncio.timeout(WAIT):
+        await answered.wait()
+    e += await store(client, ORDER)  # not published: neither feed had it live
+    second = FeedWatcher(ORDER, after=None, broker=broker)
+    watchers.append(second)
+    release.set()
+    await started([first, second])
+
+    e += await store(client, ORDER)
+    broker.hub.publish(e[2])
+
+    assert await second.take(1) == [e[2].id]
+    assert await first.take(2) == [e[1].id, e[2].id]  # its gap is filled from the table
