@@ -18,8 +18,10 @@ import app.validation
 from app.api import access
 from app.auth import Principal
 from tests.conftest import ClientWith, Mint
-from tests.helpers import CREATE, create_variables, event_input
+from tests.helpers import ACCOUNT, CREATE, create_variables, event_input
+from tests.live import subscriber
 from tests.servers import running_servers, stop_server
+from tests.wsclient import PROTOCOLS
 
 SECRET = "s3cr3t-pickup-code-4711"
 READ = 'query Timeline { orderEvents(accountId: "T12345678", orderId: "order-1") { state } }'
@@ -191,6 +193,36 @@ def test_a_server_writes_the_lines_to_its_output(
     lines = [line for line in server.output().splitlines() if line.startswith("{")]
     assert [json.loads(line)["operation"] for line in lines] == ["Timeline"]
     assert token not in server.output()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_a_websocket_connection_is_one_line_when_it_ends(
+    server_env: dict[str, str], tmp_path: Path, mint: Mint, protocol: str
+) -> None:
+    token = mint(sub="screen-7")
+    with running_servers(1, server_env, tmp_path) as (server,):
+        started = time.perf_counter()
+        async with subscriber(server, token, protocol):
+            await asyncio.sleep(0.2)
+        lived_ms = (time.perf_counter() - started) * 1000
+        stop_server(server)
+
+    output = server.output()
+    (line,) = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert {key: value for key, value in line.items() if key != "durationMs"} == {
+        "requestId": line["requestId"],
+        "method": "WEBSOCKET",
+        "operation": None,
+        "account": ACCOUNT,
+        "caller": "screen-7",
+        "client": "127.0.0.1",
+        "status": 101,
+        "errors": [],
+    }
+    assert line["requestId"] and 200 <= line["durationMs"] <= lived_ms
+    # uvicorn's own lines for the connection (one with the query string) are not written.
+    assert "[accepted]" not in output and "connection open" not in output, output
+    assert token not in output
 
 
 class _Stream:

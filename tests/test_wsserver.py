@@ -335,21 +335,45 @@ async def test_a_handshake_the_application_refuses_is_answered_with_403() -> Non
     assert response.status_code == 403
 
 
-async def test_handshakes_are_logged_as_uvicorns_are(
-    connect_in_memory: Any, caplog: pytest.LogCaptureFixture
+async def test_a_refused_handshake_is_logged_as_uvicorns_are(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="uvicorn.error")
 
-    await connect_in_memory()
     refused = Loopback(WebSocketProtocol, "/refuse")
     await refused.receive()
 
     lines = [record.getMessage() for record in caplog.records]
-    assert any(line.endswith('"WebSocket /echo" [accepted]') for line in lines), lines
     assert any(line.endswith('"WebSocket /refuse" 403') for line in lines), lines
 
 
 # What the subclass changes.
+
+
+async def test_an_accepted_connection_logs_warnings_but_not_its_info_lines(
+    connect_in_memory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The application writes the connection's access line; uvicorn's "[accepted]" (with the
+    # query string) and websockets' "connection open" would be two more per connection.
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+
+    loopback = await connect_in_memory()
+    loopback.server.logger.warning("something a connection should say")
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines == ["something a connection should say"]
+
+
+async def test_with_debug_logging_an_accepted_connection_is_logged_as_uvicorns_is(
+    connect_in_memory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="uvicorn.error")
+
+    await connect_in_memory()
+
+    lines = [record.getMessage() for record in caplog.records]
+    assert any(line.endswith('"WebSocket /echo" [accepted]') for line in lines), lines
+    assert "connection open" in lines
 
 
 async def test_the_handshake_is_let_go_once_answered(connect_in_memory: Any) -> None:

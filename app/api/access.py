@@ -4,6 +4,10 @@
      "caller": "kitchen-1", "client": "203.0.113.7", "status": 200, "durationMs": 3.1,
      "errors": ["BAD_USER_INPUT"]}
 
+and one per WebSocket connection, written when it ends: ``"method": "WEBSOCKET"``, status
+101 (the upgrade), ``durationMs`` the connection's whole life, and the token's account and
+subject as its ``connection_init`` (or upgrade request) presented them.
+
 ``account`` and ``caller`` are the token's account and subject (null without a valid token);
 ``errors`` are the response's ``extensions.code``s. Nothing a client sends as data is written:
 no token, no variables, no metadata, no query text; the operation's name only when it is a
@@ -18,7 +22,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -57,6 +62,23 @@ def log_request(request: Request, status: int, started: float) -> None:
         status=status,
         started=started,
         errors=getattr(state, "error_codes", []),
+    )
+
+
+def log_connection(
+    scope: Mapping[str, Any], request_id: str, principal: Principal | None, started: float
+) -> None:
+    """Writes the access log line of a WebSocket connection that has ended."""
+    client = scope.get("client")
+    write_line(
+        request_id=request_id,
+        method="WEBSOCKET",
+        operation=None,
+        principal=principal,
+        client=client[0] if client else None,
+        status=101,
+        started=started,
+        errors=[],
     )
 
 

@@ -41,7 +41,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from app import live
-from app.api import fastpath
+from app.api import access, fastpath
 from app.api.context import Context
 from app.api.wsserver import Deadline, deadlines
 from app.events import StoredEvent
@@ -107,6 +107,14 @@ class _TimersMixin:
 
     def close_later(self, code: int, reason: str) -> None:
         self._closing = asyncio.ensure_future(_close_quietly(self.websocket.close, code, reason))
+
+    def log_connection(self, started: float) -> None:
+        """The connection's access log line (uvicorn's own lines for it are off: see
+        ``app.api.wsserver.WebSocketProtocol.send``)."""
+        socket = cast(ASGIWebSocketAdapter, self.websocket).ws
+        access.log_connection(
+            socket.scope, self.context.request_id, self.context.principal, started
+        )
 
     def forget_connection_params(self) -> None:
         # The connection_init payload carries the token; once checked, the principal is
@@ -252,6 +260,7 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
         while the connection waits for the next. Here a message is dropped once handled,
         and the behaviour is Strawberry's: a binary or non-JSON message closes the
         connection with 4400, a disconnect ends the loop, and ``shutdown`` always runs."""
+        started = time.perf_counter()
         self.connections.open.add(self)
         if self.ping_interval > 0:
             self._schedule_ping()
@@ -292,6 +301,7 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
                 if timer is not None:
                     timer.cancel()
             self._init_timer = self._ping_timer = None
+            self.log_connection(started)
 
     def on_request_accepted(self) -> None:
         # Strawberry runs a task that sleeps until the init timeout and then lingers,
@@ -345,6 +355,7 @@ class LegacyWSHandler(_TimersMixin, BaseGraphQLWSHandler[Context, None]):
     init_timeout: float
 
     async def handle(self) -> None:
+        started = time.perf_counter()
         self.connections.open.add(self)
         # graphql-ws has no init timeout of its own: without one, a connection could stay
         # open unauthenticated for as long as its client likes.
@@ -355,6 +366,7 @@ class LegacyWSHandler(_TimersMixin, BaseGraphQLWSHandler[Context, None]):
             waiting.cancel()
             self.connections.open.discard(self)
             self.stop_watching_expiry()
+            self.log_connection(started)
 
     def _close_unless_initialised(self) -> None:
         if not self.connection_acknowledged:

@@ -3,8 +3,8 @@
 ``scripts/serve`` runs uvicorn with ``--ws app.api.wsserver:WebSocketProtocol``. Stock
 uvicorn (0.54, websockets 17) keeps about 21 KiB per idle connection before the application
 does anything (docs/benchmarks.md, "Memory per idle subscription"), and most of it is not
-needed once the handshake is answered. This subclass changes what a connection keeps, not
-what it does:
+needed once the handshake is answered. This subclass changes what a connection keeps (and
+where its log lines go), not what it does:
 
 - the scope's request headers that repeat across clients (``Host``, ``Upgrade``,
   ``User-Agent``, ...) are tuples shared by every connection that sent them (~0.8 KiB);
@@ -22,12 +22,19 @@ what it does:
 - the keepalive ping waits in ``Deadlines``, a heap shared by the connections of the loop,
   instead of a loop timer of its own (a uvloop timer, its handle, context and bound method:
   ~0.5 KiB);
+- an accepted connection's three INFO lines on ``uvicorn.error`` (uvicorn's "[accepted]",
+  with the query string, and websockets' "connection open" and "connection closed"), which
+  ``--no-access-log`` leaves on, go to a child logger that passes warnings and errors only:
+  the application writes one JSON access line per connection instead
+  (``app.api.access.log_connection``). The logging machinery was an eighth of the server's
+  CPU in a storm of reconnecting subscribers. With ``--log-level debug`` (or trace), they
+  are logged as uvicorn logs them;
 - a data frame goes to the transport without the write gate's coroutine while the transport
   is writable (the common case), its header made here rather than by websockets when
   websockets would make it plainly (no extensions, no fragment under way, no debug log):
   ~1 µs less per frame, for a live event sent to thousands of subscribers.
 
-Everything else is uvicorn's own code: the handshake and the access log lines, ping and pong,
+Everything else is uvicorn's own code: the handshake and its refusals' log lines, ping and pong,
 close codes and the closing handshake, the maximum message size, flow control (reading
 paused while a message waits for the application, sends waiting while the transport's buffer
 is full), and shutdown.
@@ -61,6 +68,11 @@ if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 
 logger = logging.getLogger(__name__)
+
+# Where an accepted connection's lines go: a child of uvicorn's logger that passes warnings
+# and errors on to its handlers (see the module's docstring).
+ACCEPTED_CONNECTIONS = logging.getLogger("uvicorn.error.accepted")
+ACCEPTED_CONNECTIONS.setLevel(logging.WARNING)
 
 
 class Inbox:
@@ -436,6 +448,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             # (a coroutine per frame) when it is open anyway.
             self._send_data(message)
             return
+        if (
+            message["type"] == "websocket.accept"
+            and self._light
+            and not self.logger.isEnabledFor(logging.DEBUG)
+        ):
+            self.logger = self.conn.logger = ACCEPTED_CONNECTIONS
         await super().send(message)
         if message["type"] == "websocket.accept" and self._light and self.handshake_complete:
             self._forget_handshake()
