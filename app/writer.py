@@ -271,19 +271,12 @@ async def _store_in_one_statement(
     client: BaseDBAsyncClient, rows: list[PendingEvent], created_at: datetime, notify: str | None
 ) -> None:
     """Stores a batch with ``_one_statement`` (PostgreSQL) and numbers its rows."""
+    # One array per column of _GIVEN; the state as its text (asyncpg wants plain str).
     params: list[object] = [
-        [row.event_id for row in rows],
-        [row.account_id for row in rows],
-        [row.order_id for row in rows],
-        [row.event_type for row in rows],
-        [row.state.value for row in rows],
-        [row.service for row in rows],
-        [row.service_status for row in rows],
-        [row.description for row in rows],
-        [row.metadata for row in rows],
-        [row.created_by for row in rows],
-        created_at,
+        [row.state.value if name == "state" else getattr(row, name) for row in rows]
+        for name in _GIVEN
     ]
+    params.append(created_at)
     if notify is not None:
         params.append(created_at.isoformat())
     _, numbers = await client.execute_query(_one_statement(notify), params)

@@ -108,12 +108,16 @@ class _TimersMixin:
     def close_later(self, code: int, reason: str) -> None:
         self._closing = asyncio.ensure_future(_close_quietly(self.websocket.close, code, reason))
 
+    @property
+    def socket(self) -> WebSocket:
+        """Starlette's WebSocket under Strawberry's adapter."""
+        return cast(ASGIWebSocketAdapter, self.websocket).ws
+
     def log_connection(self, started: float) -> None:
         """The connection's access log line (uvicorn's own lines for it are off: see
         ``app.api.wsserver.WebSocketProtocol.send``)."""
-        socket = cast(ASGIWebSocketAdapter, self.websocket).ws
         access.log_connection(
-            socket.scope, self.context.request_id, self.context.principal, started
+            self.socket.scope, self.context.request_id, self.context.principal, started
         )
 
     def forget_connection_params(self) -> None:
@@ -192,7 +196,7 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
         its two coroutines: the live route sends one frame per subscriber per event. Once
         the application has closed, Starlette's own method refuses as ever; a failure of the
         socket is raised as it comes (Starlette notes it at the connection's next send)."""
-        socket = cast(ASGIWebSocketAdapter, self.websocket).ws
+        socket = self.socket
         if socket.application_state is not WebSocketState.CONNECTED:
             return socket.send_text(text)
         send: Callable[[Message], Awaitable[None]] = _asgi_send(socket)
@@ -264,7 +268,7 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
         self.connections.open.add(self)
         if self.ping_interval > 0:
             self._schedule_ping()
-        socket: WebSocket = cast(ASGIWebSocketAdapter, self.websocket).ws
+        socket = self.socket
         try:
             self.on_request_accepted()
             try:
