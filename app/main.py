@@ -12,19 +12,21 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route
 from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
 from app import health, idempotency
 from app.api import access
-from app.api.fasthttp import FastHTTP
+from app.api.documents import Compiler
+from app.api.endpoint import Endpoint, GraphQLRoute
 from app.api.schema import schema
-from app.api.view import GraphQLApp
+from app.api.view import GraphQLView
 from app.auth import LocalIssuer, TokenValidator, key_source
 from app.broker import create_broker
 from app.db import tortoise_config
 from app.graphiql import graphiql_routes
+from app.ratelimit import RateLimiter
 from app.settings import Settings
 from app.shutdown import drain_on_signals
 from app.writer import EventWriter
@@ -33,15 +35,18 @@ from app.writer import EventWriter
 def create_app(settings: Settings) -> Starlette:
     keys = key_source(settings)
     broker = create_broker(settings.database_url)
-    graphql = GraphQLApp(
-        schema, settings, TokenValidator(settings, keys), broker, EventWriter(broker)
+    compiler = Compiler(schema, settings)
+    graphql = GraphQLView(
+        schema, settings, TokenValidator(settings, keys), broker, EventWriter(broker), compiler
     )
+    rate_limiter = (
+        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+        if settings.rate_limit_per_second > 0
+        else None
+    )
+    endpoint = Endpoint(graphql, compiler, rate_limiter)
 
-    routes: list[BaseRoute] = [
-        Route("/graphql", graphql, methods=["GET", "POST"]),
-        WebSocketRoute("/graphql", graphql),
-        *health.routes(settings.readiness_timeout_seconds),
-    ]
+    routes: list[BaseRoute] = [*health.routes(settings.readiness_timeout_seconds)]
     if isinstance(keys, LocalIssuer):
         jwks = keys.jwks()
 
@@ -75,8 +80,13 @@ def create_app(settings: Settings) -> Starlette:
                     await purger
                 await broker.stop()
 
-    # The fast route sits outside CORS: it steps aside for any request with an Origin.
-    middleware = [Middleware(FastHTTP, graphql=graphql), _cors(settings)]
+    cors = _cors(settings)
+    middleware = [
+        # CORS applies to /graphql as to every route; WebSockets pass it untouched (the view
+        # checks their Origin).
+        Middleware(GraphQLRoute, endpoint=cors.cls(endpoint, *cors.args, **cors.kwargs)),
+        cors,
+    ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     app.state.broker = broker

@@ -118,7 +118,7 @@ async def test_subscriber_receives_each_event_written_while_it_watches(
     assert received(results) == [as_watched(event) for event in written]
 
 
-# Every field, so the compiled route (app/api/fastpath.py) and graphql-core's are compared
+# Every field, so the compiled route (app/api/documents.py) and graphql-core's are compared
 # whole; the fragment keeps the second document off the compiled route.
 EVERY_FIELD = (
     "id eventType accountId orderId state service serviceStatus description metadata"

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from app.auth import Principal
+from app.auth import KeySourceError, Principal, TokenError, TokenValidator
 from app.broker import Broker
 from app.errors import Unauthenticated
 from app.settings import Settings
@@ -40,3 +40,18 @@ class Context:
         raise Unauthenticated(
             self.auth_error or "an access token is required (Authorization: Bearer <token>)"
         )
+
+
+async def authenticate(context: Context, header: str, validator: TokenValidator) -> None:
+    """Takes the caller from an ``Authorization`` header (HTTP's, or the WebSocket
+    ``connection_init`` payload's): the principal, or why the token was refused."""
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        context.auth_error = "the Authorization header must be 'Bearer <access token>'"
+        return
+    try:
+        context.principal = await validator.validate(token.strip())
+    except TokenError as error:
+        context.auth_error = f"invalid access token: {error}"
+    except KeySourceError as error:
+        context.key_error = error

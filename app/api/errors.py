@@ -121,9 +121,3 @@ class ErrorCodes(SchemaExtension):
                 error if (error.extensions or {}).get("code") else convert(error, request_id)
                 for error in errors
             ]
-
-
-def refusal_body(error: ServiceError) -> dict[str, Any]:
-    """The response body for a ``ServiceError`` raised before GraphQL ran (a rate limit)."""
-    extensions = {"code": error.code, **error.extensions}
-    return {"errors": [{"message": error.message, "extensions": extensions}]}

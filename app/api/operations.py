@@ -1,36 +1,50 @@
-"""What the query and the mutation do, shared by their resolvers and ``app.api.fastpath``."""
+"""What the root fields do, for their resolvers and for compiled documents alike
+(``app.api.documents`` finds a field's function here by the field's Python name)."""
 
 from __future__ import annotations
 
 from app import events
 from app.api.context import Context
-from app.events import EventPage, NewEvent, StoredEvent
+from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
+from app.events import NewEvent
+from app.models import EventState
 
 
 async def create_order_event(
     context: Context,
     account_id: str,
     order_id: str,
-    event: NewEvent,
+    event: OrderEventInput,
     idempotency_key: str | None,
     expected_version: int | None,
-) -> StoredEvent:
-    return await events.create_event(
+) -> OrderStatusEvent:
+    stored = await events.create_event(
         context.require_principal(),
         account_id,
         order_id,
-        event,
+        NewEvent(
+            service=event.service,
+            service_status=event.service_status,
+            state=event.state or EventState.SUCCESS,
+            description=event.description,
+            metadata=event.metadata,
+        ),
         idempotency_key=idempotency_key,
         expected_version=expected_version,
         key_ttl_seconds=context.settings.idempotency_key_ttl_seconds,
         writer=context.writer,
     )
+    return OrderStatusEvent.from_event(stored, context.settings.public_url)
 
 
 async def order_events(
-    context: Context, account_id: str, order_id: str, first: int | None, after: str | None
-) -> EventPage:
-    return await events.list_events(
+    context: Context,
+    account_id: str,
+    order_id: str,
+    first: int | None,
+    after: str | None,
+) -> OrderEventCollection:
+    page = await events.list_events(
         context.require_principal(),
         account_id,
         order_id,
@@ -39,3 +53,4 @@ async def order_events(
         after=after,
         max_page_size=context.settings.max_page_size,
     )
+    return OrderEventCollection.from_page(page, context.settings.public_url)

@@ -17,8 +17,6 @@ from app.api.context import Context
 from app.api.errors import ErrorCodes
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
-from app.events import NewEvent
-from app.models import EventState
 
 AccountId = Annotated[
     strawberry.ID,
@@ -59,9 +57,7 @@ class Query:
             str | None, strawberry.argument(description="Return the events after this cursor.")
         ] = None,
     ) -> OrderEventCollection:
-        context = info.context
-        page = await operations.order_events(context, account_id, order_id, first, after)
-        return OrderEventCollection.from_page(page, context.settings.public_url)
+        return await operations.order_events(info.context, account_id, order_id, first, after)
 
 
 @strawberry.type
@@ -99,22 +95,9 @@ class Mutation:
             ),
         ] = None,
     ) -> OrderStatusEvent:
-        context = info.context
-        stored = await operations.create_order_event(
-            context,
-            account_id,
-            order_id,
-            NewEvent(
-                service=event.service,
-                service_status=event.service_status,
-                state=event.state or EventState.SUCCESS,
-                description=event.description,
-                metadata=event.metadata,
-            ),
-            idempotency_key,
-            expected_version,
+        return await operations.create_order_event(
+            info.context, account_id, order_id, event, idempotency_key, expected_version
         )
-        return OrderStatusEvent.from_event(stored, context.settings.public_url)
 
 
 @strawberry.type

@@ -41,8 +41,10 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 from app import live
-from app.api import access, fastpath
+from app.api import access
 from app.api.context import Context
+from app.api.documents import Compiler, Payloads, Plan
+from app.api.types import OrderStatusEvent
 from app.api.wsserver import Deadline, deadlines
 from app.events import StoredEvent
 
@@ -140,14 +142,14 @@ def _limit_error(limit: int) -> dict[str, Any]:
 
 
 class LiveOperation(Operation[Context, None]):
-    """A compiled ``orderEvents`` subscription (see ``app.api.fastpath``), fed by the hub
+    """A compiled ``orderEvents`` subscription (see ``app.api.documents``), fed by the hub
     through a ``live.Feed``: no task while it waits for events. Each event's payload is
     built once per document and shared by every subscriber; frames are JSON text already
     and are sent as they are."""
 
     __slots__ = ("feed", "plan", "prefix")
 
-    def __init__(self, handler: TransportWSHandler, operation_id: str, plan: fastpath.Plan) -> None:
+    def __init__(self, handler: TransportWSHandler, operation_id: str, plan: Plan) -> None:
         # The document and variables are not kept: the plan and the feed are all it needs.
         super().__init__(handler, operation_id, "", None, None)
         self.plan = plan
@@ -161,7 +163,10 @@ class LiveOperation(Operation[Context, None]):
         if self.completed:
             return
         handler = cast(TransportWSHandler, self.handler)
-        text = handler.payloads.text(self.plan, event, handler.context.settings.public_url)
+        public_url = handler.context.settings.public_url
+        text = handler.payloads.text(
+            self.plan, event.id, lambda: OrderStatusEvent.from_event(event, public_url)
+        )
         try:
             await handler.send_text(self.prefix + text + "}")
         except Exception:
@@ -170,7 +175,8 @@ class LiveOperation(Operation[Context, None]):
 
     async def end(self, error: Exception) -> None:
         handler = cast(TransportWSHandler, self.handler)
-        payload: Any = fastpath.error_payload(self.plan, error, handler.context)
+        located = self.plan.error(error, handler.context.request_id)
+        payload: Any = {"data": None, "errors": [located.formatted]}
         with contextlib.suppress(Exception):
             await self.send_operation_message({"id": self.id, "type": "next", "payload": payload})
         with contextlib.suppress(Exception):
@@ -184,8 +190,8 @@ class LiveOperation(Operation[Context, None]):
 class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, None]):
     connections: Connections
     ping_interval: float
-    compiler: fastpath.Compiler
-    payloads: fastpath.Payloads
+    compiler: Compiler
+    payloads: Payloads
     _init_timer: Deadline | None = None
     _ping_timer: Deadline | None = None
     _pinging: asyncio.Future[None] | None = None
@@ -231,8 +237,15 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
         plan = self.compiler.subscription_plan(payload["query"], payload.get("operationName"))
         if plan is None:
             return None
+        arguments = plan.arguments(self.compiler.schema, payload.get("variables"))
+        if arguments is None:
+            return None  # the ordinary route reports it exactly as it always does
+        account_id, order_id, after = (
+            arguments["account_id"],
+            arguments.get("order_id"),
+            arguments.get("after"),
+        )
         try:
-            account_id, order_id, after = fastpath.watch_arguments(plan, payload.get("variables"))
             principal = self.context.require_principal()
             start = live.check(principal, account_id, order_id, after)
         except Exception:

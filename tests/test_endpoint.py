@@ -1,9 +1,10 @@
-"""The fast HTTP route (app/api/fasthttp.py) answers as the ordinary route does, and steps
-aside for everything else.
+"""The front door (app/api/endpoint.py): a compiled document is answered as Strawberry's
+view answers it, anything else goes to the view, and what the front door refuses itself is
+refused alike whichever route the document would have taken.
 
-Each case is sent twice against the same data: once as it comes (the fast route takes it)
-and once with the fast route switched off; status, headers, body and access log line must
-agree, with what differs between two writes (ids, times, versions) masked.
+Each case is sent twice against the same data: once as it comes (the plan answers it) and once
+with plans switched off; status, headers, body and access log line must agree, with what
+differs between two writes (ids, times, versions) masked.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from app.api import fasthttp
-from app.api.view import GraphQLApp
+from app.api.documents import Compiler
+from app.api.view import GraphQLView
 from tests.conftest import ClientWith, GraphQLClient, Mint
-from tests.test_fastpath import mask
+from tests.test_documents import mask
 
 ACCOUNT, ORDER = "T12345678", "o-1"
 READ = (
@@ -42,13 +43,13 @@ class Routes:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ordinary = 0
-        run = GraphQLApp.run
+        run = GraphQLView.run
 
-        async def counted(view: GraphQLApp, *args: Any, **kwargs: Any) -> Any:
+        async def counted(view: GraphQLView, *args: Any, **kwargs: Any) -> Any:
             self.ordinary += 1
             return await run(view, *args, **kwargs)
 
-        monkeypatch.setattr(GraphQLApp, "run", counted)
+        monkeypatch.setattr(GraphQLView, "run", counted)
 
 
 @pytest.fixture
@@ -58,11 +59,8 @@ def routes(monkeypatch: pytest.MonkeyPatch) -> Routes:
 
 @contextmanager
 def fast_route_off(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    async def step_aside(*_args: Any) -> None:
-        raise fasthttp._StepAside
-
     with monkeypatch.context() as patch:
-        patch.setattr(fasthttp.FastHTTP, "_answer", step_aside)
+        patch.setattr(Compiler, "plan", lambda *_args, **_kwargs: None)
         yield
 
 
@@ -117,6 +115,10 @@ CASES: dict[str, dict[str, Any]] = {
     "write at the wrong version": {
         "json": {"query": WRITE, "variables": {"o": ORDER, "e": EVENT, "v": 99}},
     },
+    "read from a browser's Origin": {
+        "json": {"query": READ, "variables": {"o": ORDER}},
+        "headers": {"origin": "https://shop.example"},
+    },
 }
 
 
@@ -164,27 +166,9 @@ async def test_a_forbidden_write_is_answered_alike(
 
 
 STEP_ASIDE: dict[str, tuple[dict[str, Any], int]] = {
-    "a browser's Origin": (
-        {
-            "json": {"query": READ, "variables": {"o": ORDER}},
-            "headers": {"origin": "https://shop.example"},
-        },
-        200,
-    ),
-    "another media type": (
-        {
-            "content": json.dumps({"query": READ, "variables": {"o": ORDER}}),
-            "headers": {"content-type": "text/plain"},
-        },
-        415,
-    ),
     "a key the route does not know": (
         {"json": {"query": READ, "variables": {"o": ORDER}, "extensions": {}}},
         200,
-    ),
-    "JSON with a key twice": (
-        {"content": '{"query": "{ x }", "query": "{ y }"}'},
-        400,
     ),
     "variables that are not an object": ({"json": {"query": READ, "variables": [1]}}, 400),
     "a document without a plan": (
@@ -211,6 +195,20 @@ STEP_ASIDE: dict[str, tuple[dict[str, Any], int]] = {
         200,
     ),
 }
+# Refused by the front door before either route is chosen.
+REFUSED: dict[str, tuple[dict[str, Any], int]] = {
+    "another media type": (
+        {
+            "content": json.dumps({"query": READ, "variables": {"o": ORDER}}),
+            "headers": {"content-type": "text/plain"},
+        },
+        415,
+    ),
+    "JSON with a key twice": (
+        {"content": '{"query": "{ x }", "query": "{ y }"}'},
+        400,
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(STEP_ASIDE))
@@ -223,8 +221,21 @@ async def test_the_fast_route_steps_aside(client: GraphQLClient, routes: Routes,
     assert response.status_code == status, response.text
 
 
-async def test_two_authorization_headers_take_the_ordinary_route(
-    client: GraphQLClient, routes: Routes, mint: Mint
+@pytest.mark.parametrize("case", list(REFUSED))
+async def test_the_front_door_refuses_what_no_route_takes(
+    client: GraphQLClient, routes: Routes, case: str
+) -> None:
+    spec, status = REFUSED[case]
+
+    response = await _request(client, spec, client.default_token)
+
+    assert routes.ordinary == 0
+    assert response.status_code == status, response.text
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_of_two_authorization_headers_the_first_counts(
+    client: GraphQLClient, mint: Mint
 ) -> None:
     headers = [
         ("authorization", f"Bearer {client.default_token}"),
@@ -233,32 +244,38 @@ async def test_two_authorization_headers_take_the_ordinary_route(
     ]
 
     response = await client.http.post(
-        "/graphql", content=json.dumps({"query": READ, "variables": {"o": ORDER}}), headers=headers
+        "/graphql",
+        content=json.dumps({"query": WRITE, "variables": {"o": ORDER, "e": EVENT}}),
+        headers=headers,
     )
 
-    assert routes.ordinary == 1
     assert response.status_code == 200
+    assert response.json()["data"]["createOrderEvent"]["version"] == 1
 
 
 @pytest.mark.parametrize("token", [None, "not-a-token", "Basic abc"])
-async def test_without_a_valid_token_the_ordinary_route_refuses(
-    client: GraphQLClient, routes: Routes, token: str | None
+async def test_without_a_valid_token_both_routes_refuse_alike(
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch, token: str | None
 ) -> None:
     headers = {"content-type": "application/json"}
     if token is not None:
         headers["authorization"] = token if " " in token else f"Bearer {token}"
-    response = await client.http.post(
-        "/graphql",
-        json={"query": READ, "variables": {"o": ORDER}},
-        headers=headers,
-    )
 
-    assert routes.ordinary == 1
+    async def send() -> httpx.Response:
+        return await client.http.post(
+            "/graphql", json={"query": READ, "variables": {"o": ORDER}}, headers=headers
+        )
+
+    response = await send()
+    with fast_route_off(monkeypatch):
+        ordinary = await send()
+
     assert response.status_code == 401
     assert response.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert _comparable(response) == _comparable(ordinary)
 
 
-async def test_a_body_over_the_limit_is_refused_by_the_ordinary_route(
+async def test_a_body_over_the_limit_is_refused_unread(
     client_with: ClientWith, routes: Routes
 ) -> None:
     limited = client_with(max_body_bytes=200)
@@ -266,7 +283,7 @@ async def test_a_body_over_the_limit_is_refused_by_the_ordinary_route(
 
     response = await limited.post(READ + "#" + padding, {"o": ORDER})
 
-    assert routes.ordinary == 1
+    assert routes.ordinary == 0
     assert response.status_code == 413
 
 
@@ -274,7 +291,7 @@ async def test_rate_limit_refusals_match_and_count_each_request_once(
     client_with: ClientWith, routes: Routes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     limited = client_with(rate_limit_per_second=0.001, rate_limit_burst=2)
-    # Counted by the fast route, then answered by the ordinary one: one request, one token.
+    # Counted by the front door, then answered by the view: one request, one token.
     fallback = await limited.post(READ, {"o": ORDER, "first": "2"})
     assert routes.ordinary == 1
     assert fallback.status_code == 200
@@ -290,24 +307,3 @@ async def test_rate_limit_refusals_match_and_count_each_request_once(
     assert _comparable(fast)["headers"].keys() == _comparable(ordinary)["headers"].keys()
     assert fast.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert fast.headers["retry-after"] == ordinary.headers["retry-after"]
-
-
-@pytest.mark.parametrize(
-    "query_string",
-    [
-        urlencode({"query": "query { a }", "variables": '{"o": "x y+z&ü"}'}),
-        "query=%7Ba%7D&&operationName=",
-        "query=a+b%2Bc&variables=",
-        "query",
-        "query=x;y=1",
-        "query=%E2%82%AC%ZZ",
-    ],
-)
-def test_a_query_string_is_read_as_starlette_reads_it(query_string: str) -> None:
-    expected = dict(parse_qsl(query_string, keep_blank_values=True))
-
-    query, variables, operation_name = fasthttp._from_query_string(query_string.encode())
-
-    assert query == expected["query"]
-    assert operation_name == expected.get("operationName")
-    assert variables == (json.loads(expected["variables"]) if expected.get("variables") else None)

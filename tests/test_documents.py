@@ -1,4 +1,4 @@
-"""The compiled route (app/api/fastpath.py) answers exactly as graphql-core's would.
+"""Compiled documents (app/api/documents.py) answer exactly as graphql-core would.
 
 Each case runs twice against the same data, once by each route, and the answers must be the
 same, errors included; writes are compared with the values that differ between two writes
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.api.fastpath import Compiler
+from app.api.documents import Compiler
 from app.api.schema import schema
 from tests.conftest import GraphQLClient, Mint
 

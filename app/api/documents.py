@@ -1,0 +1,365 @@
+"""Compiled documents: the few operations clients send over and over, run without
+graphql-core's per-field machinery.
+
+A document is compiled once into a ``Plan`` when it is valid (the same rules as the ordinary
+route, request limits included) and is one operation selecting one root field that
+``app.api.operations`` runs, with plain fields, aliases and ``__typename`` below it. Everything
+a plan does is derived from the schema: variables and arguments are coerced by graphql-core's
+own ``get_variable_values`` and ``get_argument_values``, input objects become the Strawberry
+input classes the resolvers get, and the response is read from the Strawberry objects the
+resolvers return, field by field as the types declare them, each leaf serialized by its
+GraphQL type. Any document or variable value a plan cannot take is left to the ordinary
+route, which gives the ordinary answer (``tests/test_documents.py`` holds both to the same).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any
+
+import strawberry
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    GraphQLError,
+    GraphQLField,
+    GraphQLInputObjectType,
+    GraphQLInputType,
+    GraphQLLeafType,
+    GraphQLList,
+    GraphQLNonNull,
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    SelectionSetNode,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.execution.values import get_argument_values, get_variable_values
+from strawberry.schema.schema_converter import GraphQLCoreConverter
+from strawberry.types import ExecutionResult
+
+from app.api import limits, operations
+from app.api.context import Context
+from app.api.errors import convert
+from app.settings import Settings
+
+# Longer documents take the ordinary route, where every request limit applies in full.
+MAX_DOCUMENT = 4096
+MAX_PLANS = 256
+
+# Where Strawberry keeps, on each graphql-core type, field and argument, what it was made from.
+_DEFINITION = GraphQLCoreConverter.DEFINITION_BACKREF
+
+Serializer = Callable[[Any], Any]
+Runner = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Plan:
+    operation: OperationType
+    name: str | None  # the operation's name, for the access log
+    response_key: str
+    document: DocumentNode
+    field: GraphQLField
+    field_node: FieldNode
+    run: Runner | None  # what the root field does; None for a subscription
+    serialize: Serializer
+
+    def arguments(self, schema: GraphQLSchema, variables: Any) -> dict[str, Any] | None:
+        """The root field's arguments by their Python names, as its resolver gets them; None
+        when the variables do not coerce (the ordinary route reports why)."""
+        if variables is not None and not isinstance(variables, dict):
+            return None
+        operation = self.document.definitions[0]
+        assert isinstance(operation, OperationDefinitionNode)
+        coerced = get_variable_values(schema, operation.variable_definitions or (), variables or {})
+        if isinstance(coerced, list):
+            return None
+        try:
+            values = get_argument_values(self.field, self.field_node, coerced)
+        except GraphQLError:
+            return None
+        return {
+            self.field.args[name].extensions[_DEFINITION].python_name: _to_python(
+                self.field.args[name].type, value
+            )
+            for name, value in values.items()
+        }
+
+    def data(self, value: Any) -> dict[str, Any]:
+        """The response's ``data`` for the root field's value."""
+        return {self.response_key: self.serialize(value)}
+
+    def error(self, exception: Exception, request_id: str) -> GraphQLError:
+        located = GraphQLError(
+            str(exception),
+            nodes=[self.field_node],
+            path=[self.response_key],
+            original_error=exception,
+        )
+        return convert(located, request_id)
+
+
+class Compiler:
+    """Compiles documents into plans, remembering the answer (a plan or None) per document."""
+
+    def __init__(self, schema: strawberry.Schema, settings: Settings | None = None) -> None:
+        # graphql-core's view of the Strawberry schema: the very types it executes with.
+        types = schema.schema_converter.type_map
+        roots = {
+            operation: types[name].implementation if name in types else None
+            for operation, name in (
+                (OperationType.QUERY, "Query"),
+                (OperationType.MUTATION, "Mutation"),
+                (OperationType.SUBSCRIPTION, "Subscription"),
+            )
+        }
+        self.schema = GraphQLSchema(
+            query=roots[OperationType.QUERY],  # type: ignore[arg-type]
+            mutation=roots[OperationType.MUTATION],  # type: ignore[arg-type]
+            subscription=roots[OperationType.SUBSCRIPTION],  # type: ignore[arg-type]
+        )
+        self._limits, limit_rule = limits.compiled(settings)
+        self._rules = (*specified_rules, limit_rule)
+        self._plans: OrderedDict[tuple[str, str | None], Plan | None] = OrderedDict()
+
+    def plan(self, query: object, operation_name: object, method: str) -> Plan | None:
+        """The plan for an HTTP request's query or mutation, if there is one."""
+        plan = self._plan_for(query, operation_name)
+        if plan is None or plan.operation == OperationType.SUBSCRIPTION:
+            return None  # subscriptions are served over WebSocket (``subscription_plan``)
+        if method == "GET" and plan.operation != OperationType.QUERY:
+            return None  # the ordinary route refuses mutations over GET
+        return plan
+
+    def subscription_plan(self, query: object, operation_name: object) -> Plan | None:
+        """The plan for a subscription, if there is one."""
+        plan = self._plan_for(query, operation_name)
+        return plan if plan is not None and plan.operation == OperationType.SUBSCRIPTION else None
+
+    def _plan_for(self, query: object, operation_name: object) -> Plan | None:
+        if not isinstance(query, str) or len(query) > MAX_DOCUMENT:
+            return None
+        if operation_name is not None and not isinstance(operation_name, str):
+            return None  # the ordinary route says what is wrong with it
+        key = (query, operation_name)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        plan = self._compile(query, operation_name)
+        self._plans[key] = plan
+        if len(self._plans) > MAX_PLANS:
+            self._plans.popitem(last=False)
+        return plan
+
+    def _compile(self, query: str, operation_name: str | None) -> Plan | None:
+        try:
+            document = parse(
+                query,
+                max_lexical_tokens=self._limits.max_tokens,
+                max_comments=self._limits.max_tokens,
+            )
+        except GraphQLError:
+            return None
+        if validate(self.schema, document, self._rules):
+            return None
+        return self._plan(document, operation_name)
+
+    def _plan(self, document: DocumentNode, operation_name: str | None) -> Plan | None:
+        if len(document.definitions) != 1:
+            return None
+        operation = document.definitions[0]
+        if not isinstance(operation, OperationDefinitionNode) or operation.directives:
+            return None
+        if operation_name is not None and (
+            operation.name is None or operation.name.value != operation_name
+        ):
+            return None
+        if any(
+            definition.default_value is not None or definition.directives
+            for definition in operation.variable_definitions or ()
+        ):
+            return None
+        selections = operation.selection_set.selections
+        if len(selections) != 1 or not isinstance(selections[0], FieldNode):
+            return None
+        node = selections[0]
+        root = self.schema.get_root_type(operation.operation)
+        field = root.fields.get(node.name.value) if root is not None else None
+        if field is None or node.directives or node.selection_set is None:
+            return None
+        run = None
+        if operation.operation != OperationType.SUBSCRIPTION:
+            run = getattr(operations, field.extensions[_DEFINITION].python_name, None)
+            if run is None:
+                return None
+        serialize = _reader(field.type, node.selection_set)
+        if serialize is None:
+            return None
+        return Plan(
+            operation=operation.operation,
+            name=operation.name.value if operation.name else None,
+            response_key=node.alias.value if node.alias else node.name.value,
+            document=document,
+            field=field,
+            field_node=node,
+            run=run,
+            serialize=serialize,
+        )
+
+
+def _to_python(type_: GraphQLInputType, value: Any) -> Any:
+    """A coerced argument as Strawberry hands it to a resolver: input objects as instances of
+    their Strawberry classes, keyed by Python names."""
+    if value is None:
+        return None
+    if isinstance(type_, GraphQLNonNull):
+        return _to_python(type_.of_type, value)
+    if isinstance(type_, GraphQLList):
+        return [_to_python(type_.of_type, item) for item in value]
+    if isinstance(type_, GraphQLInputObjectType):
+        definition = type_.extensions[_DEFINITION]
+        return definition.origin(
+            **{
+                type_.fields[name].extensions[_DEFINITION].python_name: _to_python(
+                    type_.fields[name].type, item
+                )
+                for name, item in value.items()
+            }
+        )
+    return value
+
+
+# Serializers: graphql-core's default resolver (the attribute of the field's Python name) and
+# its value completion (lists, objects, leaves serialized by their type), worked out once per
+# selection. Built-in scalars go out as they are (the typed objects hold them in the form their
+# serializers return); enums and custom scalars are serialized by their types.
+_AS_IS = frozenset({"String", "ID", "Int", "Float", "Boolean"})
+
+
+class _Uncompiled(Exception):
+    """A selection a plan does not take: the ordinary route answers it."""
+
+
+def _reader(type_: GraphQLOutputType, selection_set: SelectionSetNode) -> Serializer | None:
+    """How to complete the root field's value for ``selection_set``; None where a plan may
+    not."""
+    try:
+        return _completion(type_, selection_set) or _as_is
+    except _Uncompiled:
+        return None
+
+
+def _completion(
+    type_: GraphQLOutputType, selection_set: SelectionSetNode | None
+) -> Serializer | None:
+    """What completing a value of ``type_`` takes; None when the value goes out as it is."""
+    if isinstance(type_, GraphQLNonNull):
+        return _completion(type_.of_type, selection_set)
+    if isinstance(type_, GraphQLList):
+        item = _completion(type_.of_type, selection_set)
+        if item is None:
+            return None
+        return lambda value: None if value is None else [item(entry) for entry in value]
+    if isinstance(type_, GraphQLObjectType) and selection_set is not None:
+        return _object_completion(type_, selection_set)
+    if selection_set is not None or not isinstance(type_, GraphQLLeafType):
+        raise _Uncompiled
+    if type_.name in _AS_IS:
+        return None
+    serialize = type_.serialize
+    return lambda value: None if value is None else serialize(value)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _object_completion(type_: GraphQLObjectType, selection_set: SelectionSetNode) -> Serializer:
+    keys: list[str] = []
+    names: list[str] = []  # the attributes read, for the keys in ``read``
+    read: list[str] = []
+    completions: list[tuple[str, Serializer]] = []
+    constants: dict[str, str] = {}
+    for selection in selection_set.selections:
+        if not isinstance(selection, FieldNode) or selection.directives or selection.arguments:
+            raise _Uncompiled  # fragments, directives and arguments are graphql-core's business
+        key = selection.alias.value if selection.alias else selection.name.value
+        if key in keys:
+            raise _Uncompiled  # as is merging repeated keys
+        keys.append(key)
+        if selection.name.value == "__typename":
+            constants[key] = type_.name
+            continue
+        field = type_.fields.get(selection.name.value)
+        if field is None:
+            raise _Uncompiled
+        definition = field.extensions[_DEFINITION]
+        if definition.base_resolver is not None:
+            raise _Uncompiled  # a resolver of its own: the ordinary route calls it
+        complete = _completion(field.type, selection.selection_set)
+        names.append(definition.python_name)
+        read.append(key)
+        if complete is not None:
+            completions.append((key, complete))
+    # One C call reads every attribute, one puts them under their keys in selection order.
+    get = attrgetter(*names) if len(names) > 1 else None
+    template = dict.fromkeys(keys)
+    template.update(constants)
+
+    def complete_object(value: Any) -> Any:
+        if value is None:
+            return None
+        result = template.copy()
+        if get is not None:
+            result.update(zip(read, get(value), strict=True))
+        elif names:
+            result[read[0]] = getattr(value, names[0])
+        for key, complete in completions:
+            result[key] = complete(result[key])
+        return result
+
+    return complete_object
+
+
+async def execute(plan: Plan, compiler: Compiler, context: Context, variables: Any) -> Any:
+    """Runs a query or mutation plan: an ``ExecutionResult``, or None before anything ran
+    when the variables do not coerce (the ordinary route then answers)."""
+    arguments = plan.arguments(compiler.schema, variables)
+    if arguments is None:
+        return None
+    assert plan.run is not None
+    try:
+        value = await plan.run(context, **arguments)
+    except Exception as error:
+        # The root fields are non-null: their error nulls the whole data, as in graphql-core.
+        return ExecutionResult(data=None, errors=[plan.error(error, context.request_id)])
+    return ExecutionResult(data=plan.data(value), errors=None)
+
+
+class Payloads:
+    """Recently built subscription payloads (JSON text), shared by the subscribers of an
+    event with the same plan: only the operation id differs between their frames."""
+
+    def __init__(self, size: int = 1024) -> None:
+        self._size = size
+        # The entry holds its plan, so that the plan's id cannot be reused while it is here.
+        self._texts: OrderedDict[tuple[int, str], tuple[Plan, str]] = OrderedDict()
+
+    def text(self, plan: Plan, key: str, value: Callable[[], Any]) -> str:
+        """The payload for ``plan`` of the value ``key`` names, made by ``value()``."""
+        entry = self._texts.get((id(plan), key))
+        if entry is None:
+            entry = (plan, json.dumps({"data": plan.data(value())}))
+            self._texts[(id(plan), key)] = entry
+            if len(self._texts) > self._size:
+                self._texts.popitem(last=False)
+        return entry[1]

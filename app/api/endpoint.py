@@ -1,0 +1,243 @@
+"""The ``/graphql`` front door: every request to the endpoint passes here once.
+
+For HTTP, each concern is handled here whichever route then answers: the request id, the
+bearer token, the rate limit, the body's size and strict JSON, the response's media type, the
+shape and status of errors, and the access log line. A document with a plan
+(``app.api.documents``) is then run directly; any other request goes on to Strawberry's view
+(``app.api.view``) with the context made here. WebSockets go to the view as they come.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from cross_web import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from strawberry.exceptions import MissingQueryError
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.types import ExecutionResult
+
+from app.api import access, documents
+from app.api.body import InvalidJSON, decode_json, limit_body
+from app.api.context import Context, authenticate
+from app.api.view import JSON, GraphQLView, negotiate, shape_result
+from app.encoding import encode_json, new_request_id
+from app.errors import RateLimited, ServiceError
+from app.ratelimit import RateLimiter
+
+logger = logging.getLogger("app.errors")
+
+# The members of a request a plan can take; any other (``extensions``) is the view's.
+_REQUEST_KEYS = frozenset({"query", "variables", "operationName"})
+
+
+class Reply:
+    """A complete response, sent as two ASGI messages."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", content_type.encode()),
+            *((name.encode(), value.encode()) for name, value in headers),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+class Endpoint:
+    def __init__(
+        self,
+        view: GraphQLView,
+        compiler: documents.Compiler,
+        rate_limiter: RateLimiter | None,
+    ) -> None:
+        self.view = view
+        self.compiler = compiler
+        self.rate_limiter = rate_limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.view(scope, receive, send)
+            return
+        started = time.perf_counter()
+        settings = self.view.settings
+        request = Request(scope, limit_body(scope, receive, settings.max_body_bytes))
+        request_id = request.state.request_id = new_request_id()
+        request.state.error_codes = []
+        try:
+            reply = await self._answer(request, request_id)
+        except Exception:
+            logger.exception("unexpected error request_id=%s", request_id)
+            error = ServiceError(f"Internal server error (request id {request_id})")
+            reply = _refusal(error, 500, extensions={"requestId": request_id})
+            request.state.error_codes = [error.code]
+        status = [reply.status] if isinstance(reply, Reply) else [reply.status_code]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await reply(scope, request.receive, send_with_id)
+        finally:
+            access.log_request(request, status[0], started)
+
+    async def _answer(self, request: Request, request_id: str) -> Reply | Response:
+        view = self.view
+        context = view.new_context(request, None, request_id)
+        header = request.headers.get("authorization")
+        if header is not None:
+            await authenticate(context, header, view.validator)
+        request.state.principal = context.principal
+        if self.rate_limiter is not None:
+            # After the token is checked, so that nobody can spend another's requests.
+            principal = context.principal
+            client = request.client.host if request.client else None
+            try:
+                self.rate_limiter.take(
+                    (principal.account_id, principal.subject) if principal else client
+                )
+            except RateLimited as error:
+                request.state.error_codes = [error.code]
+                wait = str(max(1, math.ceil(error.retry_after)))
+                return _refusal(error, 429, headers=[("retry-after", wait)])
+        try:
+            operation = await _operation(request)
+        except HTTPException as error:
+            request.state.error_codes = ["BAD_USER_INPUT"]
+            return _request_error(error.reason, error.status_code)
+        if operation is not None:
+            query, variables, operation_name = operation
+            plan = self.compiler.plan(query, operation_name, request.method)
+            if plan is not None:
+                request.state.operation = plan.name
+                result = await documents.execute(plan, self.compiler, context, variables)
+                if result is not None:
+                    return self._reply(request, result, request_id)
+        return await self._view(request, context)
+
+    def _reply(self, request: Request, result: ExecutionResult, request_id: str) -> Reply:
+        media_type = negotiate(request.headers.get("accept", ""))
+        shaped = shape_result(result, media_type, request_id)
+        request.state.error_codes = shaped.codes
+        body = encode_json(shaped.body)
+        content_type = f"{media_type}; charset=utf-8"
+        return Reply(shaped.status or 200, body, content_type, shaped.headers)
+
+    async def _view(self, request: Request, context: Context) -> Reply | Response:
+        try:
+            return await self.view.run(request, context=context)
+        except HTTPException as error:
+            request.state.error_codes = ["BAD_USER_INPUT"]
+            if isinstance(error.__cause__, InvalidOperationTypeError):
+                # GraphQL over HTTP: a mutation sent with GET is 405, naming the method to use.
+                return _request_error(error.reason, 405, headers=[("allow", "POST")])
+            return _request_error(error.reason, error.status_code)
+        except MissingQueryError:
+            request.state.error_codes = ["BAD_USER_INPUT"]
+            return _request_error("No GraphQL query found in the request", 400)
+
+
+async def _operation(request: Request) -> tuple[Any, Any, Any] | None:
+    """The request's query, variables and operation name, when a plan may take them: None
+    for anything else (a batch, extensions, a parameter twice, a stream asked for). Reads a
+    POST's body within the size limit as strict JSON, and refuses what no route would take
+    (``HTTPException``)."""
+    accept = request.headers.get("accept", "")
+    # Streaming transports (server-sent events, multipart) are Strawberry's to negotiate.
+    streaming = "text/event-stream" in accept or "multipart/" in accept
+    if request.method == "GET":
+        items = request.query_params.multi_items()
+        names = [name for name, _ in items]
+        if streaming or len(set(names)) != len(names) or not set(names) <= _REQUEST_KEYS:
+            return None
+        params = dict(items)
+        variables = None
+        if params.get("variables"):
+            try:
+                variables = decode_json(params["variables"])
+            except InvalidJSON:
+                return None  # the view says what is wrong with it
+        return params.get("query", ""), variables, params.get("operationName")
+    if request.method != "POST":
+        return None
+    # Compared as written, as Strawberry compares it.
+    media_type = (request.headers.get("content-type") or "").split(";")[0].strip()
+    if media_type != JSON:
+        raise HTTPException(415, "a GraphQL request is POSTed as Content-Type: application/json")
+    try:
+        data = decode_json(await request.body())
+    except InvalidJSON as error:
+        raise HTTPException(400, f"the request is not valid JSON: {error.reason}") from None
+    if not isinstance(data, dict | list):
+        raise HTTPException(
+            400, "the request body must be a JSON object with the operation's `query`"
+        )
+    if streaming or not isinstance(data, dict) or not data.keys() <= _REQUEST_KEYS:
+        return None
+    return data.get("query"), data.get("variables"), data.get("operationName")
+
+
+def _refusal(
+    error: ServiceError,
+    status: int,
+    headers: Iterable[tuple[str, str]] = (),
+    extensions: dict[str, Any] | None = None,
+) -> Reply:
+    """A ``ServiceError`` raised before GraphQL ran (a rate limit), as a GraphQL error body."""
+    members = {"code": error.code, **error.extensions, **(extensions or {})}
+    body = {"errors": [{"message": error.message, "extensions": members}]}
+    return Reply(status, encode_json(body), JSON, headers)
+
+
+def _request_error(message: str, status: int, headers: Iterable[tuple[str, str]] = ()) -> Reply:
+    """A request the endpoint could not even read."""
+    body = {
+        "errors": [
+            {
+                "message": message,
+                "extensions": {
+                    "code": "BAD_USER_INPUT",
+                    "errors": [{"field": "request", "message": message}],
+                },
+            }
+        ]
+    }
+    return Reply(status, encode_json(body), JSON, headers)
+
+
+class GraphQLRoute:
+    """Sends requests for ``path`` to ``endpoint`` ahead of the rest of the application: the
+    endpoint is the whole of the route there, and the router's and middleware's layers would
+    be one more pass through Python for each request (and, for a WebSocket, for each frame)."""
+
+    def __init__(self, app: ASGIApp, endpoint: ASGIApp, path: str = "/graphql") -> None:
+        self.app = app
+        self.endpoint = endpoint
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] in ("http", "websocket")
+            and scope["path"] == self.path
+            and not scope.get("root_path")
+        ):
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
