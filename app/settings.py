@@ -7,7 +7,7 @@ and the server acting as its own token issuer with a key pair it creates under .
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,46 +74,27 @@ class Settings:
         if not self.audience_base:
             object.__setattr__(self, "audience_base", f"{base}/v1/accounts")
         object.__setattr__(self, "audience_base", self.audience_base.rstrip("/"))
+        for problem in self._problems():
+            raise SettingsError(problem)
+
+    def _problems(self) -> Iterator[str]:
         if self.jwks_url and self.jwks_file:
-            raise SettingsError("set JWKS_URL or JWKS_FILE, not both")
-        for name in ("db_connect_timeout_seconds", "db_command_timeout_seconds"):
+            yield "set JWKS_URL or JWKS_FILE, not both"
+        for name in _POSITIVE:
             if not getattr(self, name) > 0:
-                raise SettingsError(f"{name.upper()} must be more than 0")
-        if not self.readiness_timeout_seconds > 0:
-            raise SettingsError("READINESS_TIMEOUT_SECONDS must be more than 0")
+                yield f"{name.upper()} must be more than 0"
+        for name, (minimum, note) in _MINIMUMS.items():
+            if getattr(self, name) < minimum:
+                yield f"{name.upper()} must be at least {minimum}{note}"
         if not 0 <= self.db_pool_min_size <= self.db_pool_max_size or self.db_pool_max_size < 1:
-            raise SettingsError(
-                "DB_POOL_MAX_SIZE must be at least 1, and DB_POOL_MIN_SIZE between 0 and it"
-            )
-        if self.idempotency_key_ttl_seconds < 3600:
-            raise SettingsError("IDEMPOTENCY_KEY_TTL_SECONDS must be at least 3600 (one hour)")
-        if self.idempotency_purge_interval_seconds < 1:
-            raise SettingsError("IDEMPOTENCY_PURGE_INTERVAL_SECONDS must be at least 1")
-        if self.subscription_buffer < 1:
-            raise SettingsError("SUBSCRIPTION_BUFFER must be at least 1")
-        if self.max_subscriptions_per_connection < 1:
-            raise SettingsError("MAX_SUBSCRIPTIONS_PER_CONNECTION must be at least 1")
-        if self.max_page_size < 1:
-            raise SettingsError("MAX_PAGE_SIZE must be at least 1")
-        for name in (
-            "max_body_bytes",
-            "max_query_tokens",
-            "max_query_depth",
-            "max_query_aliases",
-            "max_query_cost",
-            "rate_limit_burst",
-        ):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"{name.upper()} must be at least 1")
+            yield "DB_POOL_MAX_SIZE must be at least 1, and DB_POOL_MIN_SIZE between 0 and it"
         if not self.rate_limit_per_second >= 0:
-            raise SettingsError("RATE_LIMIT_PER_SECOND must be 0 (no limit) or more")
+            yield "RATE_LIMIT_PER_SECOND must be 0 (no limit) or more"
         if not self.token_algorithms:
-            raise SettingsError("TOKEN_ALGORITHMS must name at least one algorithm")
+            yield "TOKEN_ALGORITHMS must name at least one algorithm"
         weak = [a for a in self.token_algorithms if a == "none" or a.startswith("HS")]
         if weak:
-            raise SettingsError(
-                f"TOKEN_ALGORITHMS may only name asymmetric algorithms, not {', '.join(weak)}"
-            )
+            yield f"TOKEN_ALGORITHMS may only name asymmetric algorithms, not {', '.join(weak)}"
 
     @property
     def local_issuer(self) -> bool:
@@ -220,3 +201,25 @@ class Settings:
                 text("GRAPHIQL_ASSETS_DIR", str(defaults.graphiql_assets_dir))
             ),
         )
+
+
+# Settings that must be more than 0.
+_POSITIVE = (
+    "db_connect_timeout_seconds",
+    "db_command_timeout_seconds",
+    "readiness_timeout_seconds",
+)
+# Settings with a least value, and what the message adds to it.
+_MINIMUMS = {
+    "idempotency_key_ttl_seconds": (3600, " (one hour)"),
+    "idempotency_purge_interval_seconds": (1, ""),
+    "subscription_buffer": (1, ""),
+    "max_subscriptions_per_connection": (1, ""),
+    "max_page_size": (1, ""),
+    "max_body_bytes": (1, ""),
+    "max_query_tokens": (1, ""),
+    "max_query_depth": (1, ""),
+    "max_query_aliases": (1, ""),
+    "max_query_cost": (1, ""),
+    "rate_limit_burst": (1, ""),
+}

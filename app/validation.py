@@ -89,7 +89,9 @@ def check_metadata(value: Any, field: str, errors: list[FieldError]) -> str | No
 
 def _json_problem(value: Any, depth: int) -> str | None:
     # Objects and lists make the levels; a scalar inside the 32nd level does not add one.
-    if isinstance(value, dict | list) and depth > METADATA_MAX_DEPTH:
+    if not isinstance(value, dict | list):
+        return _scalar_problem(value)
+    if depth > METADATA_MAX_DEPTH:
         return f"must be at most {METADATA_MAX_DEPTH} levels deep"
     if isinstance(value, dict):
         for key, item in value.items():
@@ -97,21 +99,26 @@ def _json_problem(value: Any, depth: int) -> str | None:
                 return "keys must be valid Unicode strings"
             if problem := _json_problem(item, depth + 1):
                 return problem
-    elif isinstance(value, list):
-        for item in value:
-            if problem := _json_problem(item, depth + 1):
-                return problem
-    elif isinstance(value, str):
-        if not _encodable(value):
-            return "strings must be valid Unicode (no lone surrogates)"
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            return "numbers must be finite (no NaN or Infinity, nothing beyond a double)"
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _DOUBLE_MAX:
+        return None
+    for item in value:
+        if problem := _json_problem(item, depth + 1):
+            return problem
+    return None
+
+
+_NOT_FINITE = "numbers must be finite (no NaN or Infinity, nothing beyond a double)"
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if _encodable(value) else "strings must be valid Unicode (no lone surrogates)"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else _NOT_FINITE
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _DOUBLE_MAX:
         # Python keeps such an integer exactly, but most JSON readers would turn it into
         # Infinity: refused like 1e400, rather than stored for clients that cannot read it.
-        return "numbers must be finite (no NaN or Infinity, nothing beyond a double)"
-    elif value is not None and not isinstance(value, (bool, int)):
+        return _NOT_FINITE
+    if value is not None and not isinstance(value, bool | int):
         return "must contain JSON values only"
     return None
 

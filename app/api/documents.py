@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from graphql import (
@@ -37,6 +37,7 @@ from graphql import (
     GraphQLSchema,
     OperationDefinitionNode,
     OperationType,
+    SelectionNode,
     SelectionSetNode,
     parse,
     specified_rules,
@@ -283,6 +284,21 @@ def _as_is(value: Any) -> Any:
     return value
 
 
+def _selected(
+    type_: GraphQLObjectType, selection: SelectionNode
+) -> tuple[str, GraphQLField | None]:
+    """The response key of a selection and its field (None for ``__typename``)."""
+    if not isinstance(selection, FieldNode) or selection.directives or selection.arguments:
+        raise _Uncompiled  # fragments, directives and arguments are graphql-core's business
+    key = selection.alias.value if selection.alias else selection.name.value
+    if selection.name.value == "__typename":
+        return key, None
+    field = type_.fields.get(selection.name.value)
+    if field is None or field.extensions[_DEFINITION].base_resolver is not None:
+        raise _Uncompiled  # a resolver of its own: the ordinary route calls it
+    return key, field
+
+
 def _object_completion(type_: GraphQLObjectType, selection_set: SelectionSetNode) -> Serializer:
     keys: list[str] = []
     names: list[str] = []  # the attributes read, for the keys in ``read``
@@ -290,23 +306,15 @@ def _object_completion(type_: GraphQLObjectType, selection_set: SelectionSetNode
     completions: list[tuple[str, Serializer]] = []
     constants: dict[str, str] = {}
     for selection in selection_set.selections:
-        if not isinstance(selection, FieldNode) or selection.directives or selection.arguments:
-            raise _Uncompiled  # fragments, directives and arguments are graphql-core's business
-        key = selection.alias.value if selection.alias else selection.name.value
+        key, field = _selected(type_, selection)
         if key in keys:
-            raise _Uncompiled  # as is merging repeated keys
+            raise _Uncompiled  # merging repeated keys is graphql-core's business
         keys.append(key)
-        if selection.name.value == "__typename":
+        if field is None:
             constants[key] = type_.name
             continue
-        field = type_.fields.get(selection.name.value)
-        if field is None:
-            raise _Uncompiled
-        definition = field.extensions[_DEFINITION]
-        if definition.base_resolver is not None:
-            raise _Uncompiled  # a resolver of its own: the ordinary route calls it
-        complete = _completion(field.type, selection.selection_set)
-        names.append(definition.python_name)
+        complete = _completion(field.type, cast(FieldNode, selection).selection_set)
+        names.append(field.extensions[_DEFINITION].python_name)
         read.append(key)
         if complete is not None:
             completions.append((key, complete))
