@@ -117,7 +117,7 @@ def write_line(
     handler = _as_configured()
     if handler is not None:
         # The line goes to the stream as the handler would write it, without a LogRecord
-        # and the logging machinery around it (under load, a tenth of a request's CPU).
+        # and the logging machinery around it (docs/benchmarks.md has what that saved).
         handler.write_line(text)
     else:
         logger.info(text)
