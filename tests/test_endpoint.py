@@ -21,6 +21,7 @@ import pytest
 
 from app.api.documents import Compiler
 from app.api.view import GraphQLView
+from app.auth import TokenValidator
 from tests.conftest import ClientWith, GraphQLClient, Mint
 from tests.test_documents import mask
 
@@ -307,3 +308,29 @@ async def test_rate_limit_refusals_match_and_count_each_request_once(
     assert _comparable(fast)["headers"].keys() == _comparable(ordinary)["headers"].keys()
     assert fast.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
     assert fast.headers["retry-after"] == ordinary.headers["retry-after"]
+
+
+async def test_another_method_is_405_naming_the_methods_there_are(client: GraphQLClient) -> None:
+    response = await client.http.put("/graphql", json={"query": "{ __typename }"})
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+
+
+async def test_a_fault_in_the_front_door_is_a_500_with_the_request_id(
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*_args: Any) -> None:
+        raise RuntimeError("the validator broke")
+
+    monkeypatch.setattr(TokenValidator, "validate", broken)
+
+    response = await client.post(READ, {"o": ORDER})
+
+    request_id = response.headers["x-request-id"]
+    assert response.status_code == 500
+    error = response.json()["errors"][0]
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id}
+    assert "validator" not in response.text
+    assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)

@@ -148,7 +148,8 @@ class Endpoint:
             if isinstance(error.__cause__, InvalidOperationTypeError):
                 # GraphQL over HTTP: a mutation sent with GET is 405, naming the method to use.
                 return _request_error(error.reason, 405, headers=[("allow", "POST")])
-            return _request_error(error.reason, error.status_code)
+            headers = [("allow", "GET, POST")] if error.status_code == 405 else []
+            return _request_error(error.reason, error.status_code, headers=headers)
         except MissingQueryError:
             request.state.error_codes = ["BAD_USER_INPUT"]
             return _request_error("No GraphQL query found in the request", 400)
