@@ -1,22 +1,18 @@
 """Reads of an SQLite database on the event loop, through a read-only connection of their own.
 
-Tortoise hands every SQLite statement to aiosqlite's thread and waits for the answer: a
-queue, a thread switch and a wake-up of the loop per statement, which under load cost more
-than the page read itself (tens of microseconds: a few index probes and at most a page of
-rows). ``fetch`` runs such a read directly instead.
-
-It is safe because the database is in WAL mode (Tortoise's default, checked when the
-connection opens): a reader never waits for the writer and always sees the last commit, and
-every event is committed before it is acknowledged. When a read cannot run at once (the file
-is busy, say, during a checkpoint that truncates the log) ``fetch`` returns None and the
-caller goes through Tortoise, which waits for it off the loop. Only bounded reads belong
-here: an index lookup and a page of rows, never a scan.
+Tortoise hands every SQLite statement to aiosqlite's thread and waits for the answer, which
+costs more than a bounded read itself (an index lookup and a page of rows); ``fetch`` runs
+such a read directly, and returns None when it cannot run at once (the caller then goes
+through Tortoise). Safe in WAL mode: a reader never waits for the writer and sees the last
+commit.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import weakref
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -25,34 +21,35 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 
 logger = logging.getLogger(__name__)
 
-_ATTRIBUTE = "_order_events_inline_reader"
+# One reader per Tortoise client (so per database), living as long as the client does.
+_readers: weakref.WeakKeyDictionary[BaseDBAsyncClient, InlineReader] = weakref.WeakKeyDictionary()
 
 
 class InlineReader:
-    """Follows its Tortoise client: open while the client's own connection is, and opened
-    anew when the client reconnects (the file may have been replaced in between)."""
+    """Follows its database file: opened on first use, and opened anew when the file at the
+    path is another one (the database was deleted and made again) or gone."""
 
     def __init__(self, client: BaseDBAsyncClient) -> None:
-        self._client = client
         self._path = str(getattr(client, "filename", ":memory:"))
         self._connection: sqlite3.Connection | None = None
-        self._opened_with: object = None  # the client's connection when this one opened
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file opened
         self.enabled = self._path != ":memory:"
 
     def fetch(self, sql: str, params: Sequence[Any]) -> list[Any] | None:
         """The rows of ``sql``, or None when it cannot be read here and now."""
         if not self.enabled:
             return None
-        theirs = getattr(self._client, "_connection", None)
-        if theirs is None:
-            self.close()  # Tortoise closed (or has not opened) the database: so do we
+        try:
+            status = os.stat(self._path)
+        except OSError:
+            self.close()  # no database there (yet, or any more): Tortoise will say
             return None
         try:
-            if self._connection is None or self._opened_with is not theirs:
+            if self._connection is None or self._file != (status.st_dev, status.st_ino):
                 self.close()
                 if self._open() is None:
                     return None
-                self._opened_with = theirs
+                self._file = (status.st_dev, status.st_ino)
             assert self._connection is not None
             return self._connection.execute(sql, params).fetchall()
         except sqlite3.OperationalError as error:
@@ -93,8 +90,7 @@ def reader_for(client: BaseDBAsyncClient) -> InlineReader | None:
     as long as the client does (closing with it), one per client and so per database."""
     if client.capabilities.dialect != "sqlite":
         return None
-    reader: InlineReader | None = getattr(client, _ATTRIBUTE, None)
+    reader = _readers.get(client)
     if reader is None:
-        reader = InlineReader(client)
-        setattr(client, _ATTRIBUTE, reader)
+        reader = _readers[client] = InlineReader(client)
     return reader

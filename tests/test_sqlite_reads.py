@@ -97,7 +97,6 @@ def test_outside_wal_mode_every_read_is_left_to_tortoise(tmp_path: Path) -> None
     class Client:
         capabilities = type("Capabilities", (), {"dialect": "sqlite"})()
         filename = str(path)
-        _connection = object()
 
     reader = sqlite_reads.reader_for(Client())  # type: ignore[arg-type]
     assert reader is not None
@@ -107,7 +106,7 @@ def test_outside_wal_mode_every_read_is_left_to_tortoise(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("name", ["wal.sqlite3", "a b#c?d%20e.sqlite3"])
-def test_a_reader_follows_its_client_reconnecting(tmp_path: Path, name: str) -> None:
+def test_a_reader_follows_its_database_file_made_again(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     with sqlite3.connect(path) as setup:
         setup.execute("PRAGMA journal_mode = WAL")
@@ -117,21 +116,18 @@ def test_a_reader_follows_its_client_reconnecting(tmp_path: Path, name: str) -> 
     class Client:
         capabilities = type("Capabilities", (), {"dialect": "sqlite"})()
         filename = str(path)
-        _connection: object = object()
 
     client = Client()
     reader = sqlite_reads.reader_for(client)  # type: ignore[arg-type]
     assert reader is not None
     assert reader.fetch("SELECT x FROM t", []) == [(1,)]
 
-    client._connection = None  # Tortoise closed the database
+    path.unlink()  # the database deleted...
     assert reader.fetch("SELECT x FROM t", []) is None
-    path.unlink()
-    with sqlite3.connect(path) as setup:
+    with sqlite3.connect(path) as setup:  # ...and made again, another file at the path
         setup.execute("PRAGMA journal_mode = WAL")
         setup.execute("CREATE TABLE t (x)")
         setup.execute("INSERT INTO t VALUES (2)")
-    client._connection = object()  # and opened it again, on a new file
 
     assert reader.fetch("SELECT x FROM t", []) == [(2,)]
 

@@ -1,19 +1,5 @@
-"""The request body: at most ``MAX_BODY_BYTES``, read as strict JSON.
-
-The body is counted as it arrives, so an oversized one is refused (413) before it is read
-whole; a declared ``Content-Length`` over the limit is refused before a byte is read.
-
-JSON is read as RFC 8259 defines it, which is stricter than Python's ``json`` module:
-
-- ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON, so they are refused rather than
-  handed on as floats nobody can store or return;
-- an object may not repeat a key: the service promises to store what it was given, and of
-  ``{"a": 1, "a": 2}`` it could only keep one value;
-- nesting too deep for the parser is a refusal, not a ``RecursionError``;
-- the body must be UTF-8 (``json.loads`` would also guess UTF-16 and UTF-32).
-
-Numbers beyond a double (``1e400``) do parse, to infinity, so that the input rules can refuse
-them naming the field that holds them.
+"""The request body: at most ``MAX_BODY_BYTES`` (``limit_body``), read as strict JSON
+(``decode_json``).
 """
 
 from __future__ import annotations
@@ -54,7 +40,15 @@ _decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_not_
 
 
 def decode_json(data: str | bytes) -> object:
-    """Reads strict JSON; raises ``InvalidJSON`` saying what is wrong with it."""
+    """Reads strict JSON; raises ``InvalidJSON`` saying what is wrong with it.
+
+    JSON as RFC 8259 defines it, which is stricter than Python's ``json`` module: ``NaN`` and
+    the infinities are refused rather than handed on as floats nobody can store or return;
+    an object may not repeat a key (the service stores what it was given, and of
+    ``{"a": 1, "a": 2}`` it could keep only one value); nesting too deep for the parser is a
+    refusal, not a ``RecursionError``; the text must be UTF-8 (``json.loads`` would guess
+    UTF-16 and UTF-32 too). Numbers beyond a double (``1e400``) parse, to infinity, so that
+    the input rules can refuse them naming the field that holds them."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")
@@ -80,7 +74,9 @@ def too_large(max_bytes: int) -> HTTPException:
 
 
 def limit_body(scope: Scope, receive: Receive, max_bytes: int) -> Receive:
-    """``receive`` that raises a 413 ``HTTPException`` once the body passes ``max_bytes``."""
+    """``receive`` that raises a 413 ``HTTPException`` once the body passes ``max_bytes``:
+    counted as it arrives, so an oversized body is refused before it is read whole, and a
+    declared ``Content-Length`` over the limit before a byte is read."""
     declared = _content_length(scope)
     received = 0
 

@@ -1,24 +1,8 @@
 """Limits on a GraphQL document, checked before anything runs: its tokens, and for each
-operation its depth, its aliases and its cost.
-
-- **Tokens** (``MAX_QUERY_TOKENS``): the parser stops counting at the limit, so an enormous
-  document costs no more to refuse than a small one. Comments are limited apart, to the same
-  number. Large metadata belongs in variables, which are not tokens.
-- **Depth** (``MAX_QUERY_DEPTH``): fields nested in fields; ``{ a { b } }`` is 2 deep.
-- **Aliases** (``MAX_QUERY_ALIASES``): aliases let one request repeat a root field with other
-  arguments, so they are what multiplies the work one request can ask for.
-- **Cost** (``MAX_QUERY_COST``): how many field values an operation may resolve at most. A
-  field counts once for each value of the list it is in: a field of ``events`` counts
-  ``first`` times, ``MAX_PAGE_SIZE`` times when ``first`` is a variable (its value is not
-  known when a document is validated, and the verdict is cached per document).
-
-Introspection (``__schema``, ``__type``) counts as a single field for depth and cost:
-graphql-core's ``MaxIntrospectionDepthRule`` already refuses the nested introspection that
-makes it expensive, and GraphiQL's own introspection query is 15 fields deep.
+operation its depth, its aliases and its cost (``Limits`` says what each counts).
 
 The rules are built once per set of limits and reused, so that ``ValidationCache`` (keyed by
-the rules) answers a repeated document without validating it again. Fragments are walked once
-per context, not once per spread, so a "fragment bomb" costs as little as it is long.
+the rules) answers a repeated document without validating it again.
 """
 
 from __future__ import annotations
@@ -55,6 +39,24 @@ PAGE_ARGUMENT = "first"
 
 @dataclass(frozen=True)
 class Limits:
+    """- tokens (``MAX_QUERY_TOKENS``): the parser stops counting at the limit, so an enormous
+      document costs no more to refuse than a small one; comments are limited apart, to the
+      same number. Large metadata belongs in variables, which are not tokens;
+    - depth (``MAX_QUERY_DEPTH``): fields nested in fields; ``{ a { b } }`` is 2 deep;
+    - aliases (``MAX_QUERY_ALIASES``): they let one request repeat a root field with other
+      arguments, so they are what multiplies the work one request can ask for;
+    - cost (``MAX_QUERY_COST``): how many field values an operation may resolve at most. A
+      field counts once for each value of the list it is in: a field of ``events`` counts
+      ``first`` times, ``MAX_PAGE_SIZE`` times when ``first`` is a variable (its value is not
+      known when a document is validated, and the verdict is cached per document).
+
+    Introspection (``__schema``, ``__type``) counts as a single field for depth and cost:
+    graphql-core's ``MaxIntrospectionDepthRule`` already refuses the nested introspection
+    that makes it expensive, and GraphiQL's own introspection query is 15 fields deep.
+    Fragments are walked once per context, not once per spread, so a "fragment bomb" costs
+    as little as it is long.
+    """
+
     max_tokens: int
     max_depth: int
     max_aliases: int
