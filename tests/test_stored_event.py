@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.events import COLUMNS, StoredEvent
-from app.models import EventState, OrderEvent
+from app.models import OrderEvent
+from app.records import COLUMNS, EventState, StoredEvent
 
 EVENT = StoredEvent(
     id="3f2b8c1e-0000-4000-8000-000000000001",

@@ -22,8 +22,8 @@ from starlette.applications import Starlette
 from tortoise import connections
 
 from app.broker import CHANNEL, NOTIFY_SQL, PostgresBroker
-from app.events import PendingEvent, StoredEvent
-from app.models import AccountStream, EventState, OrderEvent, OrderStream
+from app.models import AccountStream, OrderEvent, OrderStream
+from app.records import EventState, PendingEvent, StoredEvent
 from app.writer import EventWriter, _one_statement
 from tests.conftest import _asyncpg_url, _empty_tables
 

@@ -58,8 +58,7 @@ from strawberry.types import ExecutionResult
 from app.api import limits, operations
 from app.api.context import Context
 from app.api.errors import convert
-from app.events import EventPage, NewEvent, StoredEvent, links
-from app.models import EventState
+from app.records import EventPage, EventState, NewEvent, StoredEvent, links
 from app.settings import Settings
 
 # Longer documents take the ordinary route, where every request limit applies in full.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app import events
 from app.api.context import Context
-from app.events import EventPage, NewEvent, StoredEvent
+from app.records import EventPage, NewEvent, StoredEvent
 
 
 async def create_order_event(

@@ -17,8 +17,6 @@ from app.api.context import Context
 from app.api.errors import ErrorCodes
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
-from app.events import NewEvent
-from app.models import EventState
 
 AccountId = Annotated[
     strawberry.ID,
@@ -104,13 +102,7 @@ class Mutation:
             context,
             account_id,
             order_id,
-            NewEvent(
-                service=event.service,
-                service_status=event.service_status,
-                state=event.state or EventState.SUCCESS,
-                description=event.description,
-                metadata=event.metadata,
-            ),
+            event.to_new_event(),
             idempotency_key,
             expected_version,
         )

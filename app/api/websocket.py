@@ -44,7 +44,7 @@ from app import live
 from app.api import access, fastpath
 from app.api.context import Context
 from app.api.wsserver import Deadline, deadlines
-from app.events import StoredEvent
+from app.records import StoredEvent
 
 logger = logging.getLogger(__name__)
 
