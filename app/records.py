@@ -85,7 +85,7 @@ class StoredEvent:
         """The event as its table row has it (metadata as JSON text, time as ISO 8601)."""
         record = dict(zip(COLUMN_NAMES, _read_fields(self), strict=True))
         record["state"] = self.state.value
-        record["metadata"] = json_text(self.metadata)
+        record["metadata"] = _json_text(self.metadata)
         record["created_at"] = self.created_at_text
         return record
 
@@ -99,7 +99,7 @@ class StoredEvent:
     def from_row(cls, row: object) -> StoredEvent:
         """From an object with the columns as attributes (an ``OrderEvent``, a
         ``PendingEvent`` the writer numbered)."""
-        return cls.from_columns(_read_columns(row))
+        return cls.from_columns(column_values(row))
 
     @classmethod
     def from_columns(cls, row: Sequence[Any], start: int = 0) -> StoredEvent:
@@ -128,11 +128,12 @@ COLUMN_NAMES: Final = tuple(_COLUMN_OF.get(name, name) for name in FIELD_NAMES)
 # An event's columns, in the order StoredEvent.from_columns reads them.
 COLUMNS: Final = ", ".join(COLUMN_NAMES)
 _read_fields = attrgetter(*FIELD_NAMES)
-_read_columns = attrgetter(*COLUMN_NAMES)
 _read_items = itemgetter(*COLUMN_NAMES)
+# An object's columns, as a tuple in column order: from attributes named as the columns.
+column_values = attrgetter(*COLUMN_NAMES)
 
 
-def json_text(value: Any) -> str | None:
+def _json_text(value: Any) -> str | None:
     """``metadata`` as stored: compact JSON text, key order and non-ASCII kept."""
     if value is None:
         return None

@@ -20,7 +20,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import operator
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -33,7 +32,14 @@ from tortoise.transactions import in_transaction
 from app import idempotency
 from app.errors import Conflict
 from app.models import OrderEvent
-from app.records import COLUMN_NAMES, COLUMNS, GIVEN_COLUMNS, PendingEvent, StoredEvent
+from app.records import (
+    COLUMN_NAMES,
+    COLUMNS,
+    GIVEN_COLUMNS,
+    PendingEvent,
+    StoredEvent,
+    column_values,
+)
 from app.sql import placeholders
 
 logger = logging.getLogger(__name__)
@@ -170,7 +176,6 @@ class EventWriter:
 
 
 _ROW = "(" + ", ".join("?" * len(COLUMN_NAMES)) + ")"
-_read_columns = operator.attrgetter(*COLUMN_NAMES)
 
 
 async def _insert(connection: BaseDBAsyncClient, rows: list[PendingEvent]) -> None:
@@ -181,7 +186,7 @@ async def _insert(connection: BaseDBAsyncClient, rows: list[PendingEvent]) -> No
     sql = f"INSERT INTO order_events ({COLUMNS}) VALUES {values}"  # noqa: S608
     params: list[object] = []
     for row in rows:
-        params.extend(_read_columns(row))
+        params.extend(column_values(row))
     await connection.execute_query(placeholders(connection, sql), params)
 
 
