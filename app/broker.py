@@ -28,8 +28,8 @@ import asyncpg
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
-from app.events import COLUMN_NAMES, StoredEvent
 from app.models import OrderEvent
+from app.records import COLUMN_NAMES, StoredEvent
 
 logger = logging.getLogger(__name__)
 

@@ -1,22 +1,16 @@
 """The order-event service: append an event to an order's stream, read a stream back.
 
 Rules live here, not in the GraphQL layer: input validation, authorization against the
-caller's scopes, gap-free versions, cursors and the combined state of an order.
+caller's scopes, reading by cursor and the combined state of an order. The records taken and
+given, cursors among them, are ``app.records``'.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from functools import cached_property
-from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import quote
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, Final, cast
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
@@ -25,182 +19,21 @@ from app import idempotency, sqlite_reads, validation
 from app.auth import Principal
 from app.encoding import new_event_id
 from app.errors import BadUserInput, Conflict, FieldError, Forbidden
-from app.models import EventState, OrderEvent
+from app.models import OrderEvent
+from app.records import (
+    COLUMNS,
+    NEW_EVENT_FIELDS,
+    EventPage,
+    EventState,
+    NewEvent,
+    PendingEvent,
+    StoredEvent,
+    decode_cursor,
+)
 from app.sql import placeholders
-
-if TYPE_CHECKING:
-    from app.writer import EventWriter
+from app.writer import EventWriter
 
 SERVICE_EVENT = "service-event"
-# An event's columns, in the order StoredEvent.from_columns reads them.
-COLUMNS = (
-    "event_id, account_id, order_id, version, position, event_type, state, service,"
-    " service_status, description, metadata, created_at, created_by"
-)
-COLUMN_NAMES = tuple(name.strip() for name in COLUMNS.split(","))
-_STATES = {state.value: state for state in EventState}
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    service: str
-    service_status: str
-    state: EventState = EventState.SUCCESS
-    description: str | None = None
-    metadata: Any = None
-
-
-@dataclass(frozen=True)
-class Link:
-    href: str
-    rel: str
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    id: str
-    account_id: str
-    order_id: str
-    version: int
-    position: int
-    event_type: str
-    state: EventState
-    service: str
-    service_status: str
-    description: str | None
-    metadata: dict[str, Any] | None
-    created_at: datetime
-    created_by: str
-
-    # Worked out once per event: a cached page or a live event is answered many times.
-    # (cached_property writes the instance's __dict__ directly, which a frozen dataclass
-    # allows; equality and the fields stay as they are.)
-    @cached_property
-    def cursor(self) -> str:
-        return encode_cursor(self.position, self.version)
-
-    @cached_property
-    def created_at_text(self) -> str:
-        """``created_at`` in ISO 8601, as the API gives it."""
-        return self.created_at.isoformat()
-
-    def to_record(self) -> dict[str, Any]:
-        """The event as its table row has it (metadata as JSON text, time as ISO 8601)."""
-        return {
-            "event_id": self.id,
-            "account_id": self.account_id,
-            "order_id": self.order_id,
-            "version": self.version,
-            "position": self.position,
-            "event_type": self.event_type,
-            "state": self.state.value,
-            "service": self.service,
-            "service_status": self.service_status,
-            "description": self.description,
-            "metadata": None
-            if self.metadata is None
-            else json.dumps(self.metadata, ensure_ascii=False, separators=(",", ":")),
-            "created_at": self.created_at_text,
-            "created_by": self.created_by,
-        }
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> StoredEvent:
-        """From a row read with raw SQL (or anything indexed by column name, such as
-        ``to_record``'s dictionary)."""
-        return cls.from_columns([record[name] for name in COLUMN_NAMES])
-
-    @classmethod
-    def from_columns(cls, row: Sequence[Any], start: int = 0) -> StoredEvent:
-        """From a row holding ``COLUMNS`` in that order from ``start`` on. By position:
-        sqlite3.Row finds a column by name with a case-blind scan of all its names."""
-        values = row[start : start + 13]
-        (event_id, account_id, order_id, version, position, event_type, state) = values[:7]
-        (service, service_status, description, metadata, created_at, created_by) = values[7:]
-        if isinstance(created_at, str):  # SQLite keeps datetimes as ISO 8601 text
-            created_at = datetime.fromisoformat(created_at)
-        # Pages and batches hold many events: filling the instance's __dict__ at once costs
-        # a tenth of the frozen dataclass's __init__ (one object.__setattr__ per field).
-        # Every field must be given, as __init__ would insist.
-        event = object.__new__(cls)
-        event.__dict__.update(
-            id=event_id,
-            account_id=account_id,
-            order_id=order_id,
-            version=version,
-            position=position,
-            event_type=event_type,
-            state=_STATES[state],
-            service=service,
-            service_status=service_status,
-            description=description,
-            metadata=None if metadata is None else json.loads(metadata),
-            created_at=created_at,
-            created_by=created_by,
-        )
-        return event
-
-    @classmethod
-    def from_row(cls, row: OrderEvent | PendingEvent) -> StoredEvent:
-        return cls.from_columns([getattr(row, name) for name in COLUMN_NAMES])
-
-
-@dataclass(slots=True)
-class PendingEvent:
-    """An event on its way to the writer (``app.writer``): all of it but what the writer
-    hands out at commit — version, position and time. A plain object, not an ORM model:
-    building and filling a Tortoise model cost a write more than the INSERT's SQL."""
-
-    event_id: str
-    account_id: str
-    order_id: str
-    event_type: str
-    state: EventState
-    service: str
-    service_status: str
-    description: str | None
-    metadata: str | None  # as JSON text, as stored
-    created_by: str
-    version: int = 0
-    position: int = 0
-    created_at: datetime | None = None
-
-
-@dataclass(frozen=True)
-class EventPage:
-    events: list[StoredEvent]
-    state: EventState
-    has_next_page: bool
-    end_cursor: str | None
-
-
-# Cursors -----------------------------------------------------------------------------------
-# A cursor names one event by its position in its account and its version in its order, so
-# the same cursor resumes an order's stream (by version) and an account's stream (by position).
-
-_CURSOR_PREFIX = "1:"
-_CURSOR = re.compile(r"1:([0-9]{1,19}):([0-9]{1,10})")
-# Before the first event of any stream: where a watcher that has seen nothing resumes.
-START_CURSOR = "MTowOjA"  # encode_cursor(0, 0)
-
-
-def encode_cursor(position: int, version: int) -> str:
-    raw = f"{_CURSOR_PREFIX}{position}:{version}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, field: str = "after") -> tuple[int, int]:
-    """Returns (position, version); a cursor that was not made here is bad input."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
-        match = _CURSOR.fullmatch(text)
-        if match is None:
-            raise ValueError(text)
-        position, version = int(match[1]), int(match[2])
-    except (ValueError, UnicodeError, binascii.Error):
-        raise BadUserInput([FieldError(field, "is not a cursor returned by this API")]) from None
-    return position, version
 
 
 # Authorization -----------------------------------------------------------------------------
@@ -269,6 +102,9 @@ async def create_event(
         principal.can_write_order(order_id),
         f"writing events of order {order_id!r}",
     )
+    # The posted fields as they are stored.
+    given = {name: getattr(event, name) for name in NEW_EVENT_FIELDS}
+    given["metadata"] = metadata_text
     key = None
     if idempotency_key is not None:
         key = idempotency.Key(
@@ -276,15 +112,7 @@ async def create_event(
             subject=principal.subject,
             key=idempotency_key,
             ttl_seconds=key_ttl_seconds,
-            request_hash=idempotency.fingerprint(
-                order_id=order_id,
-                state=event.state.value,
-                service=event.service,
-                service_status=event.service_status,
-                description=event.description,
-                metadata=metadata_text,
-                expected_version=expected_version,
-            ),
+            request_hash=_request_hash(order_id, given, expected_version),
         )
         if replayed := await _replay(key):
             return replayed
@@ -293,12 +121,8 @@ async def create_event(
         account_id=account_id,
         order_id=order_id,
         event_type=SERVICE_EVENT,
-        state=event.state,
-        service=event.service,
-        service_status=event.service_status,
-        description=event.description,
-        metadata=metadata_text,
         created_by=principal.subject,
+        **given,
     )
     try:
         return await writer.append(row, key=key, expected_version=expected_version)
@@ -308,6 +132,28 @@ async def create_event(
             return replayed
         # The claim that beat this request expired in the meantime: nothing to replay.
         return await writer.append(row, key=key, expected_version=expected_version)
+
+
+# A field added to NewEvent later is hashed only when it is not at its default, so a request
+# that leaves it out keeps its hash, and keys stored before the field was added still match.
+# These were hashed at their defaults from the start, and still are.
+_HASHED_AT_DEFAULT: Final = frozenset({"state", "description", "metadata"})
+_UNHASHED_DEFAULTS: Final = {
+    field.name: field.default
+    for field in fields(NewEvent)
+    if field.default is not MISSING and field.name not in _HASHED_AT_DEFAULT
+}
+
+
+def _request_hash(order_id: str, given: Mapping[str, Any], expected_version: int | None) -> str:
+    """What identifies a request with an idempotency key: its order, the event's fields as
+    stored and the version it expects."""
+    request = {
+        name: value
+        for name, value in given.items()
+        if name not in _UNHASHED_DEFAULTS or value != _UNHASHED_DEFAULTS[name]
+    }
+    return idempotency.fingerprint(order_id=order_id, expected_version=expected_version, **request)
 
 
 async def _replay(key: idempotency.Key) -> StoredEvent | None:
@@ -492,16 +338,6 @@ def state_from_flags(*, failed: bool, pending: bool, empty: bool) -> EventState:
     if empty or pending:
         return EventState.PENDING
     return EventState.SUCCESS
-
-
-def links(event: StoredEvent, public_url: str) -> list[Link]:
-    """Where the event's order stream lives in Dintero's REST shape."""
-    order_path = quote(event.order_id, safe="")
-    href = (
-        f"{public_url.rstrip('/')}/v1/accounts/{event.account_id}"
-        f"/shopping/orders/{order_path}/events"
-    )
-    return [Link(href=href, rel="events")]
 
 
 async def events_after(

@@ -31,7 +31,7 @@ from app import events, validation
 from app.auth import Principal
 from app.broker import RESYNC, Broker, Item, Subscription
 from app.errors import BadUserInput, FieldError, SlowConsumer
-from app.events import StoredEvent
+from app.records import START_CURSOR, StoredEvent, decode_cursor
 from app.shared_reads import SharedReads
 
 CATCH_UP_BATCH = 500
@@ -72,7 +72,7 @@ def check(
     start: tuple[int, int] | None = None
     if after is not None:
         try:
-            start = events.decode_cursor(after)
+            start = decode_cursor(after)
         except BadUserInput as error:
             errors.extend(error.errors)
     if errors:
@@ -107,7 +107,7 @@ async def watch(
     try:
         if start is None:
             last = await _latest(account_id, order_id)
-            progress = _Progress(0, events.START_CURSOR)
+            progress = _Progress(0, START_CURSOR)
             if last is not None:
                 progress = _Progress(_number(last, order_id), last.cursor)
         else:
@@ -342,5 +342,5 @@ class Feed(Subscription):
             return _Progress(position if self.order_id is None else version, cursor)
         last = await _latest(self.account_id, self.order_id)
         if last is None:
-            return _Progress(0, events.START_CURSOR)
+            return _Progress(0, START_CURSOR)
         return _Progress(_number(last, self.order_id), last.cursor)

@@ -13,18 +13,11 @@ writers to one account take turns at their commit; accounts never wait for each 
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
 
-
-class EventState(StrEnum):
-    ERROR = "error"
-    FAILURE = "failure"
-    SUCCESS = "success"
-    PENDING = "pending"
+from app.records import EventState
 
 
 class AccountStream(Model):
@@ -48,6 +41,7 @@ class OrderStream(Model):
 
 
 class OrderEvent(Model):
+    # Its columns but ``seq`` are StoredEvent's fields (``app.records``); a test holds them equal.
     seq = fields.BigIntField(primary_key=True)
     event_id = fields.CharField(max_length=40, unique=True)
     account_id = fields.CharField(max_length=9)

@@ -31,8 +31,15 @@ from tortoise.transactions import in_transaction
 
 from app import idempotency
 from app.errors import Conflict
-from app.events import COLUMNS, PendingEvent, StoredEvent
 from app.models import OrderEvent
+from app.records import (
+    COLUMN_NAMES,
+    COLUMNS,
+    GIVEN_COLUMNS,
+    PendingEvent,
+    StoredEvent,
+    column_values,
+)
 from app.sql import placeholders
 
 logger = logging.getLogger(__name__)
@@ -168,50 +175,19 @@ class EventWriter:
         return stored
 
 
-_ROW = "(" + ", ".join("?" * 13) + ")"
+_ROW = "(" + ", ".join("?" * len(COLUMN_NAMES)) + ")"
 
 
 async def _insert(connection: BaseDBAsyncClient, rows: list[PendingEvent]) -> None:
     """One multi-row INSERT for the batch (the ORM's bulk_create cost a tenth of a write's
     CPU building its query). The datetime goes to the driver as it is: Tortoise's SQLite
-    adapter writes the same text as the ORM does."""
+    adapter writes the same text as the ORM does; the state is a str, its text."""
     values = ", ".join(_ROW for _ in rows)
     sql = f"INSERT INTO order_events ({COLUMNS}) VALUES {values}"  # noqa: S608
     params: list[object] = []
     for row in rows:
-        params.extend(
-            (
-                row.event_id,
-                row.account_id,
-                row.order_id,
-                row.version,
-                row.position,
-                row.event_type,
-                row.state.value,
-                row.service,
-                row.service_status,
-                row.description,
-                row.metadata,
-                row.created_at,
-                row.created_by,
-            )
-        )
+        params.extend(column_values(row))
     await connection.execute_query(placeholders(connection, sql), params)
-
-
-# What the batch gives the statement below, one array each (unnest keeps their order).
-_GIVEN = (
-    "event_id",
-    "account_id",
-    "order_id",
-    "event_type",
-    "state",
-    "service",
-    "service_status",
-    "description",
-    "metadata",
-    "created_by",
-)
 
 
 @functools.cache
@@ -228,8 +204,11 @@ def _one_statement(notify: str | None) -> str:
     its first row; then the order rows in (account, order) order. A test reads the plan.
     The rows and their notifications go in the batch's order, each event's version and
     position counted from its head row's new value like ``_append_batch``'s other path."""
-    arrays = ", ".join(f"${i}::text[]" for i in range(1, len(_GIVEN) + 1))
-    created_at = len(_GIVEN) + 1
+    arrays = ", ".join(f"${i}::text[]" for i in range(1, len(GIVEN_COLUMNS) + 1))
+    created_at = len(GIVEN_COLUMNS) + 1
+    row_values = ", ".join(
+        f"${created_at}::timestamptz" if name == "created_at" else name for name in COLUMN_NAMES
+    )
     selected = "event.version, event.position"
     source = "numbered"
     if notify is not None:
@@ -237,7 +216,7 @@ def _one_statement(notify: str | None) -> str:
         source = f"(SELECT numbered.*, ${created_at + 1}::text AS created_at FROM numbered)"  # noqa: S608
     return f"""
 WITH given AS (
-    SELECT * FROM unnest({arrays}) WITH ORDINALITY AS given({", ".join(_GIVEN)}, n)
+    SELECT * FROM unnest({arrays}) WITH ORDINALITY AS given({", ".join(GIVEN_COLUMNS)}, n)
 ), accounts AS (
     INSERT INTO account_streams AS head (account_id, position)
     SELECT account_id, count(*) FROM given GROUP BY account_id ORDER BY account_id
@@ -260,7 +239,7 @@ WITH given AS (
     WINDOW by_order AS (PARTITION BY account_id, order_id), by_account AS (PARTITION BY account_id)
 ), stored AS (
     INSERT INTO order_events ({COLUMNS})
-    SELECT {COLUMNS.replace("created_at", f"${created_at}::timestamptz")}
+    SELECT {row_values}
     FROM numbered ORDER BY n
 )
 SELECT {selected} FROM (SELECT * FROM {source} AS event ORDER BY n) AS event
@@ -271,11 +250,8 @@ async def _store_in_one_statement(
     client: BaseDBAsyncClient, rows: list[PendingEvent], created_at: datetime, notify: str | None
 ) -> None:
     """Stores a batch with ``_one_statement`` (PostgreSQL) and numbers its rows."""
-    # One array per column of _GIVEN; the state as its text (asyncpg wants plain str).
-    params: list[object] = [
-        [row.state.value if name == "state" else getattr(row, name) for row in rows]
-        for name in _GIVEN
-    ]
+    # One array per given column (the state is a str: asyncpg takes it as its text).
+    params: list[object] = [[getattr(row, name) for row in rows] for name in GIVEN_COLUMNS]
     params.append(created_at)
     if notify is not None:
         params.append(created_at.isoformat())

@@ -9,8 +9,7 @@ import pytest
 
 from app.broker import RESYNC, Hub, Item, PostgresBroker, Subscription
 from app.encoding import encode_json
-from app.events import StoredEvent
-from app.models import EventState
+from app.records import EventState, StoredEvent
 
 ACCOUNT = "T12345678"
 OTHER_ACCOUNT = "T87654321"

@@ -319,3 +319,36 @@ async def test_expected_versions_across_two_server_processes_stay_gap_free(
         .values_list("version", flat=True)
     )
     assert list(versions) == list(range(1, 31))
+
+
+@pytest.mark.parametrize(
+    ("order", "event", "expected", "request_hash"),
+    [
+        (
+            "o-1",
+            {},
+            None,
+            "0b4b8d7b432c6a94d897678d57b01e290c66a5e21c4b3e6c0b3cb3f336698e25",
+        ),
+        (
+            "o-2",
+            {"state": "PENDING", "description": "zwölf", "metadata": {"box": 7, "ü": [1.5, None]}},
+            0,
+            "e12d14bd870699ccc8a13a5d2f567e5c57dcf8d2f1f2c42853a3e84217340e27",
+        ),
+    ],
+)
+async def test_a_request_hashes_as_it_always_did(
+    client: GraphQLClient,
+    order: str,
+    event: dict[str, Any],
+    expected: int | None,
+    request_hash: str,
+) -> None:
+    # Keys stored by earlier releases must still match their retries: these hashes were
+    # stored before the fingerprint was built from NewEvent's fields.
+    body = await client.execute(CREATE, {**variables(order=order, **event), "expected": expected})
+
+    created(body)
+    claim = await IdempotencyKey.get(key="retry-1")
+    assert claim.request_hash == request_hash

@@ -18,8 +18,8 @@ from app import live
 from app.auth import Principal
 from app.broker import RESYNC, Hub, LocalBroker, Subscription
 from app.errors import SlowConsumer
-from app.events import StoredEvent
 from app.models import OrderEvent
+from app.records import StoredEvent
 from tests.conftest import GraphQLClient
 from tests.helpers import ACCOUNT, ORDER, created
 

@@ -15,7 +15,7 @@ import pytest
 from app import events, live
 from app.broker import LocalBroker
 from app.errors import SlowConsumer
-from app.events import StoredEvent
+from app.records import StoredEvent
 from tests import test_live
 from tests.conftest import GraphQLClient
 from tests.helpers import ACCOUNT, ORDER

@@ -9,7 +9,7 @@ import pytest
 
 from app import events
 from app.events import LATEST_SQL, PAGE_SQL, PageCache, read_page
-from app.models import EventState
+from app.records import EventState
 from tests.conftest import _empty_tables
 from tests.helpers import ORDER, created
 from tests.test_broker import event

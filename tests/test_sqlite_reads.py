@@ -12,7 +12,7 @@ from tortoise.connection import get_connection
 
 from app import events, sqlite_reads
 from app.events import PAGE_SQL, read_page
-from app.models import EventState
+from app.records import EventState
 from tests.helpers import ORDER, created
 
 ACCOUNT = "T12345678"

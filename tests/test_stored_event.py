@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.events import COLUMNS, StoredEvent
-from app.models import EventState, OrderEvent
+from app.models import OrderEvent
+from app.records import COLUMNS, EventState, PendingEvent, StoredEvent
 
 EVENT = StoredEvent(
     id="3f2b8c1e-0000-4000-8000-000000000001",
@@ -67,3 +67,10 @@ def test_a_built_event_is_still_frozen() -> None:
     except dataclasses.FrozenInstanceError:
         return
     raise AssertionError("a StoredEvent could be changed")
+
+
+def test_from_row_builds_from_a_numbered_pending_event() -> None:
+    record = EVENT.to_record()
+    pending = PendingEvent(**{**record, "state": EVENT.state, "created_at": EVENT.created_at})
+
+    _same(StoredEvent.from_row(pending))

@@ -22,8 +22,15 @@ from starlette.applications import Starlette
 from tortoise import connections
 
 from app.broker import CHANNEL, NOTIFY_SQL, PostgresBroker
-from app.events import PendingEvent, StoredEvent
-from app.models import AccountStream, EventState, OrderEvent, OrderStream
+from app.models import AccountStream, OrderEvent, OrderStream
+from app.records import (
+    GIVEN_COLUMNS,
+    NEW_EVENT_FIELDS,
+    EventState,
+    NewEvent,
+    PendingEvent,
+    StoredEvent,
+)
 from app.writer import EventWriter, _one_statement
 from tests.conftest import _asyncpg_url, _empty_tables
 
@@ -41,18 +48,16 @@ _ids = itertools.count()
 
 
 def pending(account_id: str, order_id: str, **fields: Any) -> PendingEvent:
-    values: dict[str, Any] = {
-        "event_id": f"e-{next(_ids)}",
-        "account_id": account_id,
-        "order_id": order_id,
-        "event_type": "service-event",
-        "state": EventState.SUCCESS,
-        "service": "kitchen",
-        "service_status": "accepted",
-        "description": None,
-        "metadata": None,
-        "created_by": "kitchen-1",
-    }
+    # A posted event's fields at their defaults (metadata None is its stored form too).
+    posted = NewEvent(service="kitchen", service_status="accepted")
+    values: dict[str, Any] = {name: getattr(posted, name) for name in NEW_EVENT_FIELDS}
+    values.update(
+        event_id=f"e-{next(_ids)}",
+        account_id=account_id,
+        order_id=order_id,
+        event_type="service-event",
+        created_by="kitchen-1",
+    )
     values.update(fields)
     return PendingEvent(**values)
 
@@ -86,8 +91,9 @@ async def test_the_batch_statement_locks_every_account_row_before_any_order_row(
     tables: None,
 ) -> None:
     connection = connections.get("default")
-    params: list[Any] = [["x"], [ACCOUNT], ["o"], ["t"], ["success"], ["s"], ["st"], [None]]
-    params += [[None], ["me"], datetime.now(UTC), "2026-01-01T00:00:00+00:00"]
+    row = pending(ACCOUNT, "o")
+    params: list[Any] = [[getattr(row, name)] for name in GIVEN_COLUMNS]
+    params += [datetime.now(UTC), "2026-01-01T00:00:00+00:00"]
 
     _, rows = await connection.execute_query(
         "EXPLAIN (VERBOSE, COSTS OFF) " + _one_statement(NOTIFY_SQL), params

@@ -6,8 +6,6 @@ from __future__ import annotations
 from app import events
 from app.api.context import Context
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
-from app.events import NewEvent
-from app.models import EventState
 
 
 async def create_order_event(
@@ -22,13 +20,7 @@ async def create_order_event(
         context.require_principal(),
         account_id,
         order_id,
-        NewEvent(
-            service=event.service,
-            service_status=event.service_status,
-            state=event.state or EventState.SUCCESS,
-            description=event.description,
-            metadata=event.metadata,
-        ),
+        event.to_new_event(),
         idempotency_key=idempotency_key,
         expected_version=expected_version,
         key_ttl_seconds=context.settings.idempotency_key_ttl_seconds,

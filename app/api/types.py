@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
-from typing import cast
+from typing import Final
 
 import strawberry
 from strawberry.scalars import JSON
 
-from app.events import EventPage, StoredEvent, links
-from app.models import EventState
+from app.records import (
+    FIELD_NAMES,
+    NEW_EVENT_FIELDS,
+    EventPage,
+    EventState,
+    NewEvent,
+    StoredEvent,
+    links,
+)
 
 OrderEventState = strawberry.enum(
     EventState,
@@ -52,6 +60,12 @@ class OrderEventInput:
             "order included."
         ),
     )
+
+    def to_new_event(self) -> NewEvent:
+        """The event this input posts: its same-named fields, a null one taking NewEvent's
+        default (so a null ``state`` is SUCCESS)."""
+        given = ((name, getattr(self, name)) for name in NEW_EVENT_FIELDS)
+        return NewEvent(**{name: value for name, value in given if value is not None})
 
 
 @strawberry.type(description="A link related to a resource.")
@@ -96,22 +110,19 @@ class OrderStatusEvent:
 
     @classmethod
     def from_event(cls, event: StoredEvent, public_url: str) -> OrderStatusEvent:
+        # The stored fields as they are (an ID is a str, JSON any value); links and the
+        # cursor are worked out.
         return cls(
-            id=strawberry.ID(event.id),
-            event_type=event.event_type,
-            account_id=strawberry.ID(event.account_id),
-            order_id=strawberry.ID(event.order_id),
-            state=event.state,
-            service=event.service,
-            service_status=event.service_status,
-            description=event.description,
-            metadata=cast(JSON, event.metadata),
-            created_at=event.created_at,
-            created_by=event.created_by,
-            version=event.version,
+            **{name: getattr(event, name) for name in _COPIED_FIELDS},
             links=[Link(href=link.href, rel=link.rel) for link in links(event, public_url)],
             cursor=event.cursor,
         )
+
+
+# OrderStatusEvent's fields that StoredEvent has too.
+_COPIED_FIELDS: Final = tuple(
+    field.name for field in dataclasses.fields(OrderStatusEvent) if field.name in FIELD_NAMES
+)
 
 
 @strawberry.type(description="Where a page of results ends.")

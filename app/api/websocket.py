@@ -46,7 +46,7 @@ from app.api.context import Context
 from app.api.documents import Compiler, Payloads, Plan
 from app.api.types import OrderStatusEvent
 from app.api.wsserver import Deadline, deadlines
-from app.events import StoredEvent
+from app.records import StoredEvent
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@ from tortoise import fields, migrations
 from tortoise.indexes import Index
 from tortoise.migrations import operations as ops
 
-from app.models import EventState
+from app.records import EventState
 
 
 class Migration(migrations.Migration):
