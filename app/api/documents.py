@@ -50,6 +50,7 @@ from strawberry.types import ExecutionResult
 from app.api import limits, operations
 from app.api.context import Context
 from app.api.errors import convert
+from app.memo import ByIdentity
 from app.settings import Settings
 
 # Longer documents take the ordinary route, where every request limit applies in full.
@@ -276,12 +277,31 @@ def _completion(
         raise _Uncompiled
     if type_.name in _AS_IS:
         return None
-    serialize = type_.serialize
-    return lambda value: None if value is None else serialize(value)
+    return _remembered(type_.serialize)
 
 
 def _as_is(value: Any) -> Any:
     return value
+
+
+def _remembered(serialize: Serializer) -> Serializer:
+    """``serialize``, remembered per value (``app.memo``): a time becomes text once."""
+    answers: ByIdentity[Any] = ByIdentity()
+
+    def complete(value: Any) -> Any:
+        return None if value is None else answers.get(value, serialize)
+
+    return complete
+
+
+def _attributes(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """Reads the ``names`` attributes of a value as a tuple."""
+    if len(names) > 1:
+        return attrgetter(*names)
+    if names:
+        read = attrgetter(names[0])
+        return lambda value: (read(value),)
+    return lambda _value: ()
 
 
 def _selected(
@@ -318,19 +338,19 @@ def _object_completion(type_: GraphQLObjectType, selection_set: SelectionSetNode
         read.append(key)
         if complete is not None:
             completions.append((key, complete))
-    # One C call reads every attribute, one puts them under their keys in selection order.
-    get = attrgetter(*names) if len(names) > 1 else None
+    read_all = _attributes(names)
     template = dict.fromkeys(keys)
     template.update(constants)
 
     def complete_object(value: Any) -> Any:
         if value is None:
             return None
-        result = template.copy()
-        if get is not None:
-            result.update(zip(read, get(value), strict=True))
-        elif names:
-            result[read[0]] = getattr(value, names[0])
+        # One C call reads every attribute, one makes the dictionary in selection order.
+        if constants:
+            result = template.copy()
+            result.update(zip(read, read_all(value), strict=False))
+        else:
+            result = dict(zip(read, read_all(value), strict=False))
         for key, complete in completions:
             result[key] = complete(result[key])
         return result

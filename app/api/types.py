@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import datetime
+from functools import partial
+from operator import attrgetter
 from typing import Final
 
 import strawberry
 from strawberry.scalars import JSON
 
+from app.memo import ByIdentity
 from app.records import (
     FIELD_NAMES,
     NEW_EVENT_FIELDS,
@@ -110,19 +113,36 @@ class OrderStatusEvent:
 
     @classmethod
     def from_event(cls, event: StoredEvent, public_url: str) -> OrderStatusEvent:
-        # The stored fields as they are (an ID is a str, JSON any value); links and the
-        # cursor are worked out.
-        return cls(
-            **{name: getattr(event, name) for name in _COPIED_FIELDS},
-            links=[Link(href=link.href, rel=link.rel) for link in links(event, public_url)],
-            cursor=event.cursor,
-        )
+        """The API's view of a stored event: its same-named fields as they are (an ID is a
+        str, JSON any value), its cursor and its links. Made once per event (``app.memo``);
+        Strawberry only reads it."""
+        return _views.get(event, partial(_view, public_url=public_url), public_url)
+
+
+def _view(
+    event: StoredEvent, public_url: str, shared_links: list[Link] | None = None
+) -> OrderStatusEvent:
+    # Filled in one go rather than through the dataclass's __init__: a page makes one per
+    # event, and every field is given here as __init__ would insist.
+    made = object.__new__(OrderStatusEvent)
+    vars(made).update(
+        zip(_COPIED_FIELDS, _read_copied(event), strict=True),
+        links=shared_links if shared_links is not None else _links(event, public_url),
+        cursor=event.cursor,
+    )
+    return made
+
+
+def _links(event: StoredEvent, public_url: str) -> list[Link]:
+    return [Link(href=link.href, rel=link.rel) for link in links(event, public_url)]
 
 
 # OrderStatusEvent's fields that StoredEvent has too.
 _COPIED_FIELDS: Final = tuple(
     field.name for field in dataclasses.fields(OrderStatusEvent) if field.name in FIELD_NAMES
 )
+_read_copied: Final = attrgetter(*_COPIED_FIELDS)
+_views: ByIdentity[OrderStatusEvent] = ByIdentity(10_000)
 
 
 @strawberry.type(description="Where a page of results ends.")
@@ -146,8 +166,11 @@ class OrderEventCollection:
 
     @classmethod
     def from_page(cls, page: EventPage, public_url: str) -> OrderEventCollection:
+        # A page is one order's: its events share their links.
+        shared = _links(page.events[0], public_url) if page.events else None
+        view = partial(_view, public_url=public_url, shared_links=shared)
         return cls(
-            events=[OrderStatusEvent.from_event(e, public_url) for e in page.events],
+            events=[_views.get(event, view, public_url) for event in page.events],
             state=page.state,
             page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
         )
