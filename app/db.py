@@ -19,7 +19,6 @@ that died the next time it is handed out.
 
 from __future__ import annotations
 
-import contextlib
 import pkgutil
 import sqlite3
 from importlib import import_module
@@ -29,12 +28,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 from tortoise import Tortoise
-from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
-from tortoise.backends.base.client import (
-    TransactionalDBClient,
-    TransactionContext,
-    TransactionContextPooled,
-)
+from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.connection import get_connections
 from tortoise.exceptions import DBConnectionError
@@ -165,25 +159,72 @@ class _BoundedPool:
         return getattr(self._pool, name)
 
 
-class _TransactionContext(TransactionContextPooled):
-    """Tortoise's transaction on a pooled connection, but one whose BEGIN fails (the server
-    went away under it) gives its connection back and forgets itself. Tortoise's keeps the
-    connection checked out, and leaves the failed transaction as the task's current
-    connection, so that the task's next ``in_transaction()`` runs as a savepoint on it."""
+class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no types
+    """asyncpg's connection, on which a transaction that fails to begin (the server went
+    away, or did not answer in time, or the task was cancelled) ends the connection and
+    stops being its task's connection.
 
-    async def __aenter__(self) -> TransactionalDBClient:
+    Tortoise's ``in_transaction()`` takes a connection from the pool and makes the
+    transaction the task's connection before its BEGIN, outside the ``async with`` that would
+    give both back: a failed BEGIN would keep the connection checked out for good, and make
+    the task's next ``in_transaction()`` a savepoint on the failed one. Ended, the
+    connection goes back to the pool, which opens a new one in its place when next asked."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client: PostgresClient | None = None  # set by the client's pool
+
+    def transaction(
+        self, *, isolation: Any = None, readonly: bool = False, deferrable: bool = False
+    ) -> Any:
+        transaction = super().transaction(
+            isolation=isolation, readonly=readonly, deferrable=deferrable
+        )
+        if self.is_in_transaction():
+            return transaction  # a savepoint: its failure is the enclosing transaction's
+        return _Beginning(transaction, self)
+
+    def begin_failed(self, transaction: _Beginning) -> None:
+        if not self.is_closed():
+            self.terminate()
+        client = self.client
+        if client is None:
+            return
+        connections = get_connections()
+        current = connections.get(client.connection_name)
+        # Tortoise's transaction client holds the asyncpg transaction it is starting; its
+        # task gets the pool's client back, as the transaction's end would have given it.
+        if getattr(current, "transaction", None) is transaction:
+            connections.set(client.connection_name, client)
+
+
+class _Beginning:
+    """An asyncpg transaction whose failed ``start`` (what Tortoise calls) is reported to
+    its connection."""
+
+    __slots__ = ("_connection", "_transaction")
+
+    def __init__(self, transaction: Any, connection: _Connection) -> None:
+        self._transaction = transaction
+        self._connection = connection
+
+    async def start(self) -> None:
         try:
-            return await super().__aenter__()
+            await self._transaction.start()
         except BaseException:
-            with contextlib.suppress(AttributeError):  # failed before it was set
-                get_connections().reset(self.token)
-            connection = self.client._connection
-            pool = self.client._parent._pool
-            if connection is not None and pool is not None:
-                # Releasing a broken connection closes it, and may say so by raising.
-                with contextlib.suppress(Exception):
-                    await pool.release(connection)
+            self._connection.begin_failed(self)
             raise
+
+    async def __aenter__(self) -> Any:
+        return await self._transaction.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._transaction.__aexit__(*exc_info)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transaction, name)
 
 
 async def _keep_session(_connection: asyncpg.Connection) -> None:
@@ -198,16 +239,20 @@ async def _keep_session(_connection: asyncpg.Connection) -> None:
 class PostgresClient(AsyncpgDBClient):
     """Tortoise's asyncpg client, but a request waits for a free connection from the pool
     no longer than one statement may take (``command_timeout``), a failed BEGIN leaks
-    nothing (``_TransactionContext``), and a connection goes back to the pool without a
-    reset query (``_keep_session``)."""
+    nothing (``_Connection``), and a connection goes back to the pool without a reset query
+    (``_keep_session``)."""
+
+    connection_class = _Connection
 
     async def create_pool(self, **kwargs: Any) -> Any:
         kwargs.setdefault("reset", _keep_session)
+        kwargs.setdefault("init", self._adopt)
         pool = await super().create_pool(**kwargs)
         return _BoundedPool(pool, kwargs.get("command_timeout"))
 
-    def _in_transaction(self) -> TransactionContext:
-        return _TransactionContext(TransactionWrapper(self), self._pool_init_lock)
+    async def _adopt(self, connection: asyncpg.Connection) -> None:
+        if isinstance(connection, _Connection):
+            connection.client = self
 
 
 # Tortoise takes a backend's client class from this name in the module named as its engine.

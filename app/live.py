@@ -1,29 +1,21 @@
 """Watching an order's stream, or a whole account's, live and resumable.
 
-A watcher numbers what it has delivered by version (one order) or position (the account);
-both are gap-free and in commit order (see ``app.models``), so:
+A ``Feed`` numbers what it has delivered by version (one order) or position (the account);
+both are gap-free and in commit order (see ``app.models``), so it subscribes to the hub
+before it reads where to start, skips what it has delivered, and catches up from the table
+whenever the next number is not the one it expected or the broker says notifications may
+have been lost: every event once, in order, whether it came from the table or the hub.
 
-1. it subscribes to the hub first, so nothing committed from then on can slip past;
-2. it reads the head (read after subscribing, so every later event comes through the hub),
-   or decodes ``after`` and replays what the table holds after it;
-3. it then takes live events from its buffer, skipping any it has delivered already, and
-   catching up from the table whenever the next number is not the one it expected, or the
-   broker says notifications may have been lost.
-
-So every event is delivered once, in order, whether it came from the table or the feed.
-
-Two shapes of the same rules: ``watch``, an async generator (GraphQL resolvers iterate it),
-and ``Feed``, which is pushed to: it holds no task, coroutine or future while nothing
-happens, and runs a task only while it has something to deliver or to read from the table.
-Thousands of idle subscriptions then cost their buffers, not thousands of suspended
-coroutine stacks.
+The hub pushes to a feed, which holds no task or coroutine while nothing happens (thousands
+of idle subscriptions cost their buffers, not suspended coroutine stacks). The compiled
+WebSocket route is its receiver; the GraphQL resolver takes events from a ``Handoff``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
 from functools import partial
 from typing import Any, Protocol
 
@@ -91,54 +83,6 @@ def check(
     return start
 
 
-async def watch(
-    principal: Principal,
-    broker: Broker,
-    account_id: str,
-    order_id: str | None,
-    after: str | None,
-    *,
-    buffer_size: int,
-) -> AsyncGenerator[StoredEvent, None]:
-    """Every event of the order (or, without ``order_id``, of the account) after ``after``
-    (or from now on, without it), once and in order, until the caller stops iterating."""
-    start = check(principal, account_id, order_id, after)
-    subscription = broker.hub.subscribe(account_id, order_id, buffer_size)
-    try:
-        if start is None:
-            last = await _latest(account_id, order_id)
-            progress = _Progress(0, START_CURSOR)
-            if last is not None:
-                progress = _Progress(_number(last, order_id), last.cursor)
-        else:
-            assert after is not None
-            position, version = start
-            progress = _Progress(position if order_id is None else version, after)
-            async for event in _catch_up(account_id, order_id, progress):
-                yield event
-        while True:
-            item = await subscription.get()
-            if item is None:
-                raise SlowConsumer(progress.cursor)
-            if item is RESYNC:
-                async for event in _catch_up(account_id, order_id, progress):
-                    yield event
-                continue
-            assert isinstance(item, StoredEvent)
-            number = _number(item, order_id)
-            if number <= progress.number:
-                continue  # delivered already, from the table
-            if number > progress.number + 1:
-                # Something between was missed by the feed: the table has it, and this one.
-                async for event in _catch_up(account_id, order_id, progress):
-                    yield event
-                continue
-            progress.advance(number, item)
-            yield item
-    finally:
-        subscription.close()
-
-
 # Reconnect storms: thousands of subscriptions asking for the same head, or for what followed
 # the same cursor, share one query (see ``app.shared_reads``).
 _reads = SharedReads()
@@ -180,10 +124,10 @@ class Receiver(Protocol):
 
 
 class Feed(Subscription):
-    """``watch`` turned inside out: the hub's ``push`` starts a task only when there is
-    something to do, and that task ends once the buffer is empty. Same rules as ``watch``:
-    subscribed before the start is read, every event once and in order, gaps and resyncs
-    filled from the table, ``SlowConsumer`` on overflow. Call ``check`` first."""
+    """One subscriber's stream, pushed to by the hub: a task runs only while there is
+    something to deliver or to read from the table, and ends once the buffer is empty.
+    Subscribed before the start is read; ``SlowConsumer`` when the buffer overflows (it
+    fills while the receiver's ``send_event`` waits). Call ``check`` first."""
 
     __slots__ = ("_after", "_closed", "_loop", "_progress", "_receiver", "_task")
 
@@ -216,7 +160,8 @@ class Feed(Subscription):
 
     def start(self) -> None:
         self._hub.add(self)  # first, so nothing committed from now on slips past
-        self._task = self._loop.create_task(self._run())
+        if self._task is None:
+            self._task = self._loop.create_task(self._run())
 
     def push(self, item: Item) -> None:
         progress = self._progress
@@ -242,47 +187,18 @@ class Feed(Subscription):
             self._task = self._loop.create_task(self._run())
 
     def _send_now(self, event: StoredEvent) -> None:
-        """Runs the receiver's ``send_event`` eagerly (as Python 3.12's eager tasks do): if
-        it completes without waiting, no task is made; if it must wait (the socket's buffer
-        is full), a task takes it over and then delivers whatever arrived meanwhile."""
+        """Starts ``send_event`` here, as an eager task would: if it completes without
+        waiting, no task is made; if it must wait (the socket's buffer is full), a task
+        carries it on from there and then delivers whatever arrived meanwhile."""
         sending = self._receiver.send_event(event)
         try:
             waiting_for = sending.send(None)
         except StopIteration:
             return
         except Exception as error:
-            self._task = self._loop.create_task(self._fail(error))
+            self._task = self._loop.create_task(self._end(error))
             return
-        self._task = self._loop.create_task(self._finish(sending, waiting_for))
-
-    async def _finish(self, sending: Coroutine[Any, Any, None], waiting_for: Any) -> None:
-        try:
-            while True:
-                # What a task does for the coroutine it runs: take over the future it
-                # yielded, wait for it (the coroutine reads its outcome when resumed), and
-                # resume it.
-                if waiting_for is None:
-                    await asyncio.sleep(0)
-                else:
-                    waiting_for._asyncio_future_blocking = False
-                    await asyncio.wait((waiting_for,))
-                try:
-                    waiting_for = sending.send(None)
-                except StopIteration:
-                    break
-        except Exception as error:
-            sending.close()
-            await self._fail(error)
-            return
-        except BaseException:  # cancelled: the feed was closed
-            sending.close()
-            raise
-        await self._run()
-
-    async def _fail(self, error: Exception) -> None:
-        if not self._closed:
-            self.close()
-            await self._receiver.end(error)
+        self._task = self._loop.create_task(self._run(_Resumed(sending, waiting_for)))
 
     def close(self) -> None:
         """Stops delivering (the operation completed, or its connection closed)."""
@@ -295,15 +211,16 @@ class Feed(Subscription):
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    async def _run(self) -> None:
+    async def _run(self, sending: Awaitable[None] | None = None) -> None:
         try:
+            if sending is not None:
+                await sending
             progress = self._progress
             if progress is None:
                 resuming = self._after is not None
                 progress = self._progress = await self._start()
                 if resuming:
-                    async for event in _catch_up(self.account_id, self.order_id, progress):
-                        await self._receiver.send_event(event)
+                    await self._catch_up(progress)
             while True:
                 if self._closed:
                     return
@@ -315,8 +232,7 @@ class Feed(Subscription):
                     self._task = None
                     return
                 if item is RESYNC:
-                    async for event in _catch_up(self.account_id, self.order_id, progress):
-                        await self._receiver.send_event(event)
+                    await self._catch_up(progress)
                     continue
                 assert isinstance(item, StoredEvent)
                 number = _number(item, self.order_id)
@@ -324,16 +240,12 @@ class Feed(Subscription):
                     continue  # delivered already, from the table
                 if number > progress.number + 1:
                     # Something between was missed by the feed: the table has it, and this.
-                    async for event in _catch_up(self.account_id, self.order_id, progress):
-                        await self._receiver.send_event(event)
+                    await self._catch_up(progress)
                     continue
                 progress.advance(number, item)
                 await self._receiver.send_event(item)
         except Exception as error:
-            if self._closed:
-                return
-            self.close()
-            await self._receiver.end(error)
+            await self._end(error)
 
     async def _start(self) -> _Progress:
         if self._after is not None:
@@ -344,3 +256,91 @@ class Feed(Subscription):
         if last is None:
             return _Progress(0, START_CURSOR)
         return _Progress(_number(last, self.order_id), last.cursor)
+
+    async def _catch_up(self, progress: _Progress) -> None:
+        async for event in _catch_up(self.account_id, self.order_id, progress):
+            await self._receiver.send_event(event)
+
+    async def _end(self, error: Exception) -> None:
+        if not self._closed:
+            self.close()
+            await self._receiver.end(error)
+
+
+class _Resumed(Generator[Any, None, None]):
+    """What is left of a coroutine that ran outside any task until it had to wait, for a
+    task to await: the task first waits for what the coroutine waits for (its first
+    ``send`` returns what the coroutine yielded, as the coroutine's own would have), then
+    runs the rest of it. Only the coroutine protocol is used, no part of asyncio's."""
+
+    __slots__ = ("_coroutine", "_handed", "_waiting_for")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting_for: Any) -> None:
+        self._coroutine = coroutine
+        self._waiting_for = waiting_for
+        self._handed = False
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self
+
+    def send(self, value: None) -> Any:
+        if not self._handed:
+            self._handed = True
+            return self._waiting_for
+        return self._coroutine.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        # Whatever the task throws in (a cancellation) reaches the coroutine where it waits.
+        self._handed = True
+        if val is None:
+            return self._coroutine.throw(typ)
+        return self._coroutine.throw(val.with_traceback(tb))
+
+
+class Handoff:
+    """A ``Receiver`` that an async iterator takes events from (the GraphQL resolver's).
+    ``send_event`` returns once its event is taken, so a consumer that stops taking leaves
+    the events in the feed's buffer, which overflows as it would behind a slow socket."""
+
+    __slots__ = ("_given", "_item", "_taker")
+
+    def __init__(self) -> None:
+        self._item: StoredEvent | Exception | None = None
+        self._given: asyncio.Future[None] | None = None  # done once ``_item`` is taken
+        self._taker: asyncio.Future[StoredEvent | Exception] | None = None
+
+    async def send_event(self, event: StoredEvent) -> None:
+        await self._give(event)
+
+    async def end(self, error: Exception) -> None:
+        await self._give(error)
+
+    async def take(self) -> StoredEvent:
+        """The next event; raises the error the feed ended on."""
+        given = self._given
+        item: StoredEvent | Exception | None
+        if given is not None and not given.done():
+            item = self._item
+            given.set_result(None)
+        else:
+            self._taker = asyncio.get_running_loop().create_future()
+            try:
+                item = await self._taker
+            finally:
+                self._taker = None
+        if isinstance(item, Exception):
+            raise item
+        assert item is not None
+        return item
+
+    async def _give(self, item: StoredEvent | Exception) -> None:
+        taker = self._taker
+        if taker is not None and not taker.done():
+            taker.set_result(item)  # taken at once: the consumer was waiting for it
+            return
+        self._item = item
+        self._given = asyncio.get_running_loop().create_future()
+        try:
+            await self._given
+        finally:
+            self._item = self._given = None

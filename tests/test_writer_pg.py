@@ -31,6 +31,7 @@ from app.records import (
     PendingEvent,
     StoredEvent,
 )
+from app.settings import Settings
 from app.writer import EventWriter, _one_statement
 from tests.conftest import _asyncpg_url, _empty_tables
 
@@ -242,3 +243,45 @@ async def test_concurrent_writers_over_the_same_rows_neither_deadlock_nor_skip(
     for positions in by_account.values():
         assert sorted(positions) == list(range(1, len(positions) + 1))
     assert await OrderEvent.all().count() == 400
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation"),
+        TimeoutError(),  # the server did not answer within the command timeout
+        asyncio.CancelledError(),  # the request went away while its BEGIN was under way
+    ],
+    ids=["connection-lost", "timeout", "cancelled"],
+)
+async def test_a_transaction_whose_begin_fails_leaks_nothing(
+    tables: None, settings: Settings, monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """More failed BEGINs than the pool has connections, then a transaction in the same
+    task: had a failed one kept its connection, the pool would be empty (the last append
+    would wait out the command timeout and fail); had it stayed the task's connection, the
+    last append would be a savepoint on it."""
+    failures = settings.db_pool_max_size + 1
+    real_start = asyncpg.transaction.Transaction.start
+
+    async def failing_start(transaction: Any) -> None:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise failure
+        await real_start(transaction)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "start", failing_start)
+    writer = EventWriter()
+    client = connections.get("default")
+
+    for _ in range(failures):
+        with pytest.raises(type(failure)):
+            await writer.append(pending(ACCOUNT, "o-1"), expected_version=0)
+        assert connections.get("default") is client
+    stored = await asyncio.wait_for(
+        writer.append(pending(ACCOUNT, "o-1"), expected_version=0),
+        settings.db_command_timeout_seconds / 2,
+    )
+
+    assert stored.version == 1

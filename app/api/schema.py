@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -130,17 +129,25 @@ class Subscription:
         ] = None,
     ) -> AsyncIterator[OrderStatusEvent]:
         context = info.context
-        stream = live.watch(
-            context.require_principal(),
+        start = live.check(context.require_principal(), account_id, order_id, after)
+        # The feed's receiver is a handoff this generator takes from, one event at a time:
+        # while the client is slow to read, the feed's buffer fills as on the compiled route.
+        handoff = live.Handoff()
+        feed = live.Feed(
             context.broker,
             account_id,
             order_id,
-            after,
+            None if start is None or after is None else (*start, after),
+            handoff,
             buffer_size=context.settings.subscription_buffer,
         )
-        async with contextlib.aclosing(stream):
-            async for event in stream:
+        feed.start()
+        try:
+            while True:
+                event = await handoff.take()
                 yield OrderStatusEvent.from_event(event, context.settings.public_url)
+        finally:
+            feed.close()
 
 
 class Schema(strawberry.Schema):
