@@ -42,8 +42,8 @@ from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWS
 from app import live
 from app.api import access, fastpath
 from app.api.context import Context
-from app.api.wsserver import Deadline, deadlines
 from app.events import StoredEvent
+from app.timers import Deadline, deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def find_authorization(connection_params: Any) -> str | None:
 class _TimersMixin:
     """Timers instead of sleeping tasks: a connection waiting for its token to expire (or
     for its next ping, or for ``connection_init``) holds a ``Deadline`` in the loop's shared
-    heap (``app.api.wsserver.deadlines``), not a task with a coroutine stack and a future,
+    heap (``app.timers.deadlines``), not a task with a coroutine stack and a future,
     nor a loop timer of its own (with uvloop, ~0.5 KiB each)."""
 
     context: Context
@@ -114,7 +114,7 @@ class _TimersMixin:
 
     def log_connection(self, started: float) -> None:
         """The connection's access log line (uvicorn's own lines for it are off: see
-        ``app.api.wsserver.WebSocketProtocol.send``)."""
+        ``app.api.access.ConnectionLines``)."""
         access.log_connection(
             self.socket.scope, self.context.request_id, self.context.principal, started
         )
@@ -393,4 +393,3 @@ class LegacyWSHandler(_TimersMixin, BaseGraphQLWSHandler[Context, None]):
         with contextlib.suppress(Exception):
             await self.cleanup()
         await _close_quietly(self.websocket.close, GOING_AWAY, "server going away")
-
