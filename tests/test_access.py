@@ -197,10 +197,10 @@ def test_a_server_writes_the_lines_to_its_output(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_a_websocket_connection_is_one_line_when_it_ends(
-    server_env: dict[str, str], tmp_path: Path, mint: Mint, protocol: str
+    server_env: dict[str, str], tmp_path: Path, mint: Mint, protocol: str, websocket_protocol: str
 ) -> None:
     token = mint(sub="screen-7")
-    with running_servers(1, server_env, tmp_path) as (server,):
+    with running_servers(1, server_env, tmp_path, websocket_protocol) as (server,):
         started = time.perf_counter()
         async with subscriber(server, token, protocol):
             await asyncio.sleep(0.2)
