@@ -1,6 +1,6 @@
 """uvicorn's sans-I/O WebSocket protocol, keeping less per connection.
 
-``scripts/serve`` passes ``--ws serving.websocket:WebSocketProtocol``; the application runs
+``scripts/serve`` serves with it (``--ws serving:WebSocketProtocol``); the application runs
 the same under stock uvicorn (``--ws websockets-sansio``), and its WebSocket tests run under
 both. Most of what uvicorn keeps per idle connection is needed only until the handshake is
 answered: this subclass lets it go and keeps lighter queues and timers (what each part saves:
@@ -26,10 +26,10 @@ from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from app.timers import deadlines
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
-
-from app.timers import deadlines
 
 logger = logging.getLogger(__name__)
 
