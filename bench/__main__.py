@@ -26,6 +26,7 @@ from typing import Any
 from app.auth import LocalIssuer
 from app.settings import Settings
 from bench import fanout, harness, http, load
+from tests.servers import SERVED_PROTOCOL, WEBSOCKET_PROTOCOLS
 
 SECTIONS = ("http", "growth", "fanout", "workers")
 
@@ -51,6 +52,13 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--seconds", type=int, help="length of each HTTP load (default 10, quick 2)"
+    )
+    parser.add_argument(
+        "--websocket",
+        choices=list(WEBSOCKET_PROTOCOLS),
+        default=SERVED_PROTOCOL,
+        help="uvicorn WebSocket protocol of the fan-out's server: the serving adapter's, as "
+        "scripts/serve runs it (light, the default), or stock uvicorn's websockets-sansio",
     )
     parser.add_argument(
         "--tiny", action="store_true", help="with --quick: the smallest loads (the smoke test)"
@@ -123,7 +131,9 @@ def _fanout(args: argparse.Namespace, workdir: Path, token: str) -> list[dict[st
         # Thousands of handshakes queue up: give each more than the default time to init.
         with (
             harness.database(kind, workdir) as url,
-            harness.service(url, workdir, WS_INIT_TIMEOUT_SECONDS="300") as running,
+            harness.service(
+                url, workdir, websocket=args.websocket, WS_INIT_TIMEOUT_SECONDS="300"
+            ) as running,
         ):
             figures = fanout.measure(
                 running.url,
@@ -134,6 +144,7 @@ def _fanout(args: argparse.Namespace, workdir: Path, token: str) -> list[dict[st
                 clients=2,
             )
         figures["database"] = kind
+        figures["websocket"] = args.websocket
         results.append(figures)
     return results
 
@@ -199,6 +210,8 @@ def render(report: dict[str, Any]) -> str:
                 )
     for run in report.get("fanout", []):
         name = f"{run['database']} fan-out to {run['subscribers']:,}"
+        if run.get("websocket", SERVED_PROTOCOL) != SERVED_PROTOCOL:
+            name += f" ({run['websocket']} ws)"
         row(f"{name}: p50 ms commit->receipt", run["p50_ms"])
         row(f"{name}: p99 ms commit->receipt", run["p99_ms"])
         row(f"{name}: missing deliveries", run["missing"])

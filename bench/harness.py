@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.servers import Server, start_server, stop_server
+from tests.servers import SERVED_PROTOCOL, Server, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -114,15 +114,17 @@ def service_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def service(url: str, workdir: Path, *uvicorn_args: str, **env: str) -> Iterator[Server]:
-    """The service as scripts/serve runs it: ``start_server`` passes uvicorn the same
-    WebSocket arguments (``tests.servers.WEBSOCKET_ARGS``: the service's lighter sans-I/O
-    protocol, ``app.api.wsserver``, without per-message deflate), so that the fan-out's
-    memory and CPU figures are those of the deployed server."""
+def service(
+    url: str, workdir: Path, *uvicorn_args: str, websocket: str = SERVED_PROTOCOL, **env: str
+) -> Iterator[Server]:
+    """The service as scripts/serve runs it (``start_server`` passes uvicorn the same WebSocket
+    arguments), so that the fan-out's memory and CPU figures are those of the deployed
+    server; ``websocket="stock"`` serves WebSockets with stock uvicorn's protocol instead."""
     running = start_server(
         service_env(url, workdir, **env),
         workdir / f"service-{time.monotonic_ns()}.log",
         *uvicorn_args,
+        websocket=websocket,
     )
     try:
         yield running

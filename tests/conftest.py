@@ -33,6 +33,7 @@ from tests.pgcluster import (
     check_own_cluster_possible,
     own_cluster,
 )
+from tests.servers import WEBSOCKET_PROTOCOLS
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 ACCOUNT = "T12345678"
@@ -70,15 +71,20 @@ _DESELECTED_DATABASE_FREE = pytest.StashKey[int]()
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the PostgreSQL run, deselect the tests that use no database (no ``database_url``,
-    directly or through other fixtures): the SQLite run has already run them."""
+    directly or through other fixtures): the SQLite run has already run them. So too the
+    runs of WebSocket tests under stock uvicorn (``websocket_protocol``), but for the tests
+    that run on PostgreSQL only."""
     if TEST_DATABASE != "postgres":
         return
     kept: list[pytest.Item] = []
     deselected: list[pytest.Item] = []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        uses_database = "database_url" in fixtures or "own_postgres" in fixtures
-        (kept if uses_database else deselected).append(item)
+        postgres_only = "postgres_only" in fixtures or "own_postgres" in fixtures
+        uses_database = "database_url" in fixtures or postgres_only
+        callspec = getattr(item, "callspec", None)
+        served = callspec is None or callspec.params.get("websocket_protocol") != "stock"
+        (kept if uses_database and (served or postgres_only) else deselected).append(item)
     if deselected:
         # Reported by pytest as "N deselected", like -k.
         config.hook.pytest_deselected(items=deselected)
@@ -264,6 +270,15 @@ def server_env(settings: Settings, app: Starlette) -> dict[str, str]:
         "GRAPHIQL": "false",
         "RATE_LIMIT_PER_SECOND": "0",
     }
+
+
+@pytest.fixture(scope="module", params=list(WEBSOCKET_PROTOCOLS), ids=lambda name: f"ws-{name}")
+def websocket_protocol(request: pytest.FixtureRequest) -> str:
+    """The uvicorn WebSocket protocol a WebSocket test's servers run (``start_server``'s
+    ``websocket``): each such test runs under the lighter one scripts/serve passes and under
+    stock uvicorn's, which the application must run under alike."""
+    name: str = request.param
+    return name
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from joserfc.jwk import ECKey
 from app.settings import Settings
 from tests.conftest import ALL_SCOPES, GraphQLClient
 from tests.helpers import ACCOUNT, ORDER
-from tests.servers import Server, running_servers
+from tests.servers import SERVED_PROTOCOL, Server, running_servers
 from tests.wsclient import TIMEOUT, TRANSPORT_WS, WSClient, ws_connect
 
 SUBSCRIBE = """
@@ -68,14 +68,17 @@ def ids(events: list[dict[str, Any]]) -> list[str]:
 
 
 @contextmanager
-def serving(env: dict[str, str], log_dir: Path, token: str) -> Iterator[Server]:
-    """A server process with ``env`` whose database connection is open.
+def serving(
+    env: dict[str, str], log_dir: Path, token: str, websocket: str = SERVED_PROTOCOL
+) -> Iterator[Server]:
+    """A server process with ``env`` (and the WebSocket protocol ``websocket``) whose
+    database connection is open.
 
     A SQLite server opens its connection on first use; a subscription cancelled while that
     happens wedges the server (see test_subscriptions.py, "database connection"), so servers
     shared by several tests are made to open it with a first query.
     """
-    with running_servers(1, env, log_dir) as (server,):
+    with running_servers(1, env, log_dir, websocket) as (server,):
         response = httpx.post(
             f"{server.url}/graphql",
             json={"query": FIRST_QUERY},

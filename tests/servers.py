@@ -20,16 +20,13 @@ from tests.helpers import ACCOUNT, EVENT_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# uvicorn's WebSocket settings, as scripts/serve passes them (tests/test_wsserver.py holds the
-# two to the same): uvicorn's sans-I/O protocol in the service's lighter subclass (see
-# app.api.wsserver for why), without per-message deflate. The benchmarks' servers
-# (bench/harness.py) start through here too.
-WEBSOCKET_ARGS = (
-    "--ws",
-    "app.api.wsserver:WebSocketProtocol",
-    "--ws-per-message-deflate",
-    "false",
-)
+# uvicorn's WebSocket protocols the application is served with: the lighter one scripts/serve
+# passes (tests/test_serving.py holds the two to the same; see serving/), and stock
+# uvicorn's sans-I/O one, which the application runs under alike. The WebSocket tests run
+# under both (the ``websocket_protocol`` fixture); other servers, and the benchmarks'
+# (bench/harness.py), run as scripts/serve runs them. Per-message deflate is off in both.
+WEBSOCKET_PROTOCOLS = {"light": "serving:WebSocketProtocol", "stock": "websockets-sansio"}
+SERVED_PROTOCOL = "light"
 
 
 def free_port() -> int:
@@ -58,7 +55,10 @@ def start_server(
     log: Path,
     *extra_args: str,
     factory: str = "app.main:create_app_from_env",
+    websocket: str = SERVED_PROTOCOL,
 ) -> Server:
+    """A server on a free port, once its health check answers; ``websocket`` names one of
+    ``WEBSOCKET_PROTOCOLS``."""
     port = free_port()
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -73,7 +73,10 @@ def start_server(
                 "--port",
                 str(port),
                 "--no-access-log",
-                *WEBSOCKET_ARGS,
+                "--ws",
+                WEBSOCKET_PROTOCOLS[websocket],
+                "--ws-per-message-deflate",
+                "false",
                 *extra_args,
             ],
             cwd=ROOT,
@@ -107,11 +110,13 @@ def stop_server(server: Server) -> None:
 
 
 @contextmanager
-def running_servers(count: int, env: Mapping[str, str], log_dir: Path) -> Iterator[list[Server]]:
+def running_servers(
+    count: int, env: Mapping[str, str], log_dir: Path, websocket: str = SERVED_PROTOCOL
+) -> Iterator[list[Server]]:
     servers: list[Server] = []
     try:
         for index in range(count):
-            servers.append(start_server(env, log_dir / f"server-{index}.log"))
+            servers.append(start_server(env, log_dir / f"server-{index}.log", websocket=websocket))
         yield servers
     finally:
         for server in servers:

@@ -197,10 +197,10 @@ def test_a_server_writes_the_lines_to_its_output(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_a_websocket_connection_is_one_line_when_it_ends(
-    server_env: dict[str, str], tmp_path: Path, mint: Mint, protocol: str
+    server_env: dict[str, str], tmp_path: Path, mint: Mint, protocol: str, websocket_protocol: str
 ) -> None:
     token = mint(sub="screen-7")
-    with running_servers(1, server_env, tmp_path) as (server,):
+    with running_servers(1, server_env, tmp_path, websocket_protocol) as (server,):
         started = time.perf_counter()
         async with subscriber(server, token, protocol):
             await asyncio.sleep(0.2)
@@ -223,6 +223,33 @@ async def test_a_websocket_connection_is_one_line_when_it_ends(
     # uvicorn's own lines for the connection (one with the query string) are not written.
     assert "[accepted]" not in output and "connection open" not in output, output
     assert token not in output
+
+
+def _uvicorn_record(level: int, message: str, *args: object) -> logging.LogRecord:
+    return logging.LogRecord("uvicorn.error", level, __file__, 0, message, args, None)
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["info", "debug"])
+def test_uvicorns_lines_for_a_websocket_connection_are_dropped_unless_debugging(
+    debug: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn's --log-level sets this logger's level.
+    caplog.set_level(logging.DEBUG if debug else logging.INFO, logger="uvicorn.error")
+    records = [
+        _uvicorn_record(logging.INFO, '%s - "WebSocket %s" [accepted]', "1.2.3.4:5", "/g?t=1"),
+        _uvicorn_record(logging.INFO, "connection open"),
+        _uvicorn_record(logging.INFO, "connection closed"),
+        _uvicorn_record(logging.INFO, '%s - "WebSocket %s" 403', "1.2.3.4:5", "/g?t=1"),
+        _uvicorn_record(logging.WARNING, "connection open"),
+    ]
+
+    kept = [record.getMessage() for record in records if access.ConnectionLines().filter(record)]
+
+    assert kept == (
+        [record.getMessage() for record in records]
+        if debug
+        else ['1.2.3.4:5 - "WebSocket /g?t=1" 403', "connection open"]
+    )
 
 
 class _Stream:

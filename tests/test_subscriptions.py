@@ -52,17 +52,24 @@ def as_watched(event: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(
-    server_env: dict[str, str], issuer: LocalIssuer, tmp_path_factory: pytest.TempPathFactory
+    server_env: dict[str, str],
+    issuer: LocalIssuer,
+    tmp_path_factory: pytest.TempPathFactory,
+    websocket_protocol: str,
 ) -> Iterator[Server]:
     """The server most tests use: default settings, plus one allowed browser origin."""
     env = {**server_env, "ALLOWED_ORIGINS": SHOP}
-    with serving(env, tmp_path_factory.mktemp("server"), reader_token(issuer)) as started:
+    log_dir = tmp_path_factory.mktemp("server")
+    with serving(env, log_dir, reader_token(issuer), websocket_protocol) as started:
         yield started
 
 
 @pytest.fixture(scope="module")
 def limits_server(
-    server_env: dict[str, str], issuer: LocalIssuer, tmp_path_factory: pytest.TempPathFactory
+    server_env: dict[str, str],
+    issuer: LocalIssuer,
+    tmp_path_factory: pytest.TempPathFactory,
+    websocket_protocol: str,
 ) -> Iterator[Server]:
     env = {
         **server_env,
@@ -70,17 +77,21 @@ def limits_server(
         "WS_PING_INTERVAL_SECONDS": "0.3",
         "MAX_SUBSCRIPTIONS_PER_CONNECTION": "2",
     }
-    with serving(env, tmp_path_factory.mktemp("limits-server"), reader_token(issuer)) as started:
+    log_dir = tmp_path_factory.mktemp("limits-server")
+    with serving(env, log_dir, reader_token(issuer), websocket_protocol) as started:
         yield started
 
 
 @pytest.fixture(scope="module")
 def small_buffer_server(
-    server_env: dict[str, str], issuer: LocalIssuer, tmp_path_factory: pytest.TempPathFactory
+    server_env: dict[str, str],
+    issuer: LocalIssuer,
+    tmp_path_factory: pytest.TempPathFactory,
+    websocket_protocol: str,
 ) -> Iterator[Server]:
     env = {**server_env, "SUBSCRIPTION_BUFFER": "4"}
     log_dir = tmp_path_factory.mktemp("small-buffer-server")
-    with serving(env, log_dir, reader_token(issuer)) as started:
+    with serving(env, log_dir, reader_token(issuer), websocket_protocol) as started:
         yield started
 
 
@@ -724,10 +735,15 @@ async def test_resuming_after_an_overflow_delivers_the_rest(
 
 
 async def test_sigterm_completes_open_subscriptions_then_closes_going_away(
-    server_env: dict[str, str], client: GraphQLClient, mint: Mint, protocol: str, tmp_path: Path
+    server_env: dict[str, str],
+    client: GraphQLClient,
+    mint: Mint,
+    protocol: str,
+    tmp_path: Path,
+    websocket_protocol: str,
 ) -> None:
     token = mint()
-    with serving(server_env, tmp_path, token) as stopping:
+    with serving(server_env, tmp_path, token, websocket_protocol) as stopping:
         async with subscriber(stopping, token, protocol) as ws, http_api(stopping, token) as http:
             seed = await created(http)
             op = await ws.subscribe(SUBSCRIBE, watching(after=seed["cursor"]))
@@ -749,6 +765,7 @@ async def test_subscriptions_stopped_at_once_on_a_fresh_server_leave_it_working(
     client: GraphQLClient,
     mint: Mint,
     tmp_path: Path,
+    websocket_protocol: str,
 ) -> None:
     # Tortoise opened its connection on first use, under a lock that a query cancelled
     # meanwhile never released: a subscription stopped at once on a fresh server wedged it
@@ -760,7 +777,7 @@ async def test_subscriptions_stopped_at_once_on_a_fresh_server_leave_it_working(
     migrate(database_url)
     token = mint()
     env = {**server_env, "DATABASE_URL": database_url}
-    with running_servers(1, env, tmp_path) as (fresh,):
+    with running_servers(1, env, tmp_path, websocket_protocol) as (fresh,):
         try:
             async with subscriber(fresh, token) as ws, http_api(fresh, token) as http:
                 for _ in range(20):

@@ -80,10 +80,11 @@ async def test_event_written_through_one_process_reaches_a_subscriber_of_another
     client: GraphQLClient,
     mint: Mint,
     tmp_path: Path,
+    websocket_protocol: str,
     metadata: dict[str, str] | None,
 ) -> None:
     token = mint()
-    with running_servers(2, server_env, tmp_path) as (watched, written):
+    with running_servers(2, server_env, tmp_path, websocket_protocol) as (watched, written):
         async with subscriber(watched, token) as ws, http_api(written, token) as api:
             seed = await created(api)
             op = await ws.subscribe(SUBSCRIBE, watching(after=seed["cursor"]))
@@ -102,9 +103,10 @@ async def test_account_stream_follows_writes_through_both_processes_in_order(
     client: GraphQLClient,
     mint: Mint,
     tmp_path: Path,
+    websocket_protocol: str,
 ) -> None:
     token = mint()
-    with running_servers(2, server_env, tmp_path) as servers:
+    with running_servers(2, server_env, tmp_path, websocket_protocol) as servers:
         async with (
             subscriber(servers[0], token) as ws,
             http_api(servers[0], token) as api_0,
@@ -128,9 +130,10 @@ async def test_nothing_is_missed_when_the_listener_connection_is_killed_mid_stre
     client: GraphQLClient,
     mint: Mint,
     tmp_path: Path,
+    websocket_protocol: str,
 ) -> None:
     token = mint()
-    with running_servers(1, server_env, tmp_path) as (server,):
+    with running_servers(1, server_env, tmp_path, websocket_protocol) as (server,):
         async with subscriber(server, token) as ws, http_api(server, token) as api:
             seed = await created(api)
             op = await ws.subscribe(SUBSCRIBE, watching(after=seed["cursor"]))
@@ -158,12 +161,13 @@ async def test_events_written_while_the_listener_is_away_arrive_after_it_reconne
     client: GraphQLClient,
     mint: Mint,
     tmp_path: Path,
+    websocket_protocol: str,
 ) -> None:
     # The listener is kept from reconnecting while events are written (the server writes
     # them on pooled connections it already has open), and no event follows them: only the
     # catch-up after the listener is back can bring them.
     token = mint()
-    with running_servers(1, server_env, tmp_path) as (server,):
+    with running_servers(1, server_env, tmp_path, websocket_protocol) as (server,):
         async with subscriber(server, token) as ws, http_api(server, token) as api:
             seed = await created(api)
             op = await ws.subscribe(SUBSCRIBE, watching(after=seed["cursor"]))

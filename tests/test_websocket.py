@@ -22,9 +22,13 @@ from tests.wsclient import ws_connect
 
 @pytest.fixture(scope="module")
 def server(
-    server_env: dict[str, str], issuer: LocalIssuer, tmp_path_factory: pytest.TempPathFactory
+    server_env: dict[str, str],
+    issuer: LocalIssuer,
+    tmp_path_factory: pytest.TempPathFactory,
+    websocket_protocol: str,
 ) -> Iterator[Server]:
-    with serving(server_env, tmp_path_factory.mktemp("server"), reader(issuer)) as started:
+    log_dir = tmp_path_factory.mktemp("server")
+    with serving(server_env, log_dir, reader(issuer), websocket_protocol) as started:
         yield started
 
 

@@ -1,6 +1,6 @@
-"""A small ASGI application for testing the WebSocket protocol (``app.api.wsserver``) on its
-own: in memory (``tests/test_wsserver.py``), and in a uvicorn process started as
-``scripts/serve`` starts the service (``create_app``).
+"""A small ASGI application for testing uvicorn's WebSocket protocols (``serving.websocket``
+and stock uvicorn's) on their own: in memory (``tests/test_serving.py``), and in a uvicorn
+process started as ``scripts/serve`` starts the service (``create_app``).
 
 On ``/echo`` it sends back each message as it came (text as text, bytes as bytes), and obeys
 two text commands: ``close <code> <reason>`` closes the connection so, and

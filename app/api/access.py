@@ -140,9 +140,32 @@ def _as_configured() -> FlushPerTick | None:
     return handler
 
 
+_UVICORN = logging.getLogger("uvicorn.error")
+
+
+class ConnectionLines(logging.Filter):
+    """Drops the INFO lines uvicorn's ``websockets-sansio`` protocol writes on ``uvicorn.error``
+    for each WebSocket connection: its own "[accepted]" (with the query string, which the
+    access log leaves out) and websockets' "connection open" and "connection closed" (no
+    address at all). The connection's access line replaces them; ``--no-access-log`` leaves
+    them on. With ``--log-level debug`` (or trace) they are written as ever."""
+
+    _DROPPED = frozenset({'%s - "WebSocket %s" [accepted]', "connection open", "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not isinstance(record.msg, str):
+            return True
+        return record.msg not in self._DROPPED or _UVICORN.isEnabledFor(logging.DEBUG)
+
+
+_CONNECTION_LINES = ConnectionLines()
+
+
 def configure() -> None:
-    """Sends access lines to standard output, as they are (the server's entry point calls
-    this; tests read them from the logger)."""
+    """Sends access lines to standard output, as they are, and drops uvicorn's own lines for
+    WebSocket connections (the server's entry point calls this; tests read the lines from the
+    logger)."""
+    _UVICORN.addFilter(_CONNECTION_LINES)  # once: addFilter skips a filter already there
     if logger.handlers:
         return
     handler = FlushPerTick(sys.stdout)

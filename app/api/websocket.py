@@ -22,10 +22,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, cast
 
-from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.async_base_view import AsyncWebSocketAdapter
@@ -45,8 +44,8 @@ from app.api import access
 from app.api.context import Context
 from app.api.documents import Compiler, Payloads, Plan
 from app.api.types import OrderStatusEvent
-from app.api.wsserver import Deadline, deadlines
 from app.records import StoredEvent
+from app.timers import Deadline, deadlines
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +80,7 @@ def find_authorization(connection_params: Any) -> str | None:
 class _TimersMixin:
     """Timers instead of sleeping tasks: a connection waiting for its token to expire (or
     for its next ping, or for ``connection_init``) holds a ``Deadline`` in the loop's shared
-    heap (``app.api.wsserver.deadlines``), not a task with a coroutine stack and a future,
+    heap (``app.timers.deadlines``), not a task with a coroutine stack and a future,
     nor a loop timer of its own: thousands of idle connections each keep less."""
 
     context: Context
@@ -117,7 +116,7 @@ class _TimersMixin:
 
     def log_connection(self, started: float) -> None:
         """The connection's access log line (uvicorn's own lines for it are off: see
-        ``app.api.wsserver.WebSocketProtocol.send``)."""
+        ``app.api.access.ConnectionLines``)."""
         access.log_connection(
             self.socket.scope, self.context.request_id, self.context.principal, started
         )
@@ -198,15 +197,9 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
     _closed = False
 
     def send_text(self, text: str) -> Awaitable[None]:
-        """Sends a frame of JSON text as Starlette's ``WebSocket.send_text`` would, without
-        its two coroutines: the live route sends one frame per subscriber per event. Once
-        the application has closed, Starlette's own method refuses as ever; a failure of the
-        socket is raised as it comes (Starlette notes it at the connection's next send)."""
-        socket = self.socket
-        if socket.application_state is not WebSocketState.CONNECTED:
-            return socket.send_text(text)
-        send: Callable[[Message], Awaitable[None]] = _asgi_send(socket)
-        return send({"type": "websocket.send", "text": text})
+        """Sends a frame of JSON text as Starlette's ``WebSocket.send_text`` does, one
+        coroutine fewer: the live route sends one frame per subscriber per event."""
+        return self.socket.send({"type": "websocket.send", "text": text})
 
     async def handle_subscribe(self, message: Any) -> None:
         # Strawberry refuses with a bare message; the contract wants an error code.
@@ -413,9 +406,3 @@ class LegacyWSHandler(_TimersMixin, BaseGraphQLWSHandler[Context, None]):
         with contextlib.suppress(Exception):
             await self.cleanup()
         await _close_quietly(self.websocket.close, GOING_AWAY, "server going away")
-
-
-def _asgi_send(socket: WebSocket) -> Any:
-    """The ASGI ``send`` under Starlette's ``WebSocket``; its ``send`` (same messages, a
-    coroutine more) should Starlette ever keep it elsewhere."""
-    return getattr(socket, "_send", None) or socket.send

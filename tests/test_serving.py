@@ -1,28 +1,24 @@
-"""The service's WebSocket protocol (``app.api.wsserver``): uvicorn's sans-I/O protocol,
-keeping less per connection, with the same behaviour.
+"""The lighter WebSocket protocol ``scripts/serve`` runs (``serving``), beside stock uvicorn's.
 
-Most tests run the protocol in memory: a fake transport on one side, websockets' own sans-I/O
-client on the other, the echo application of ``tests/wsecho.py`` behind it. One runs it in a
-uvicorn process started as ``scripts/serve`` starts the service. The last ones read uvicorn's
-source: the subclass relies on how uvicorn 0.54 uses the attributes it replaces, and an
-upgrade must fail here rather than quietly change what a connection does.
+Most tests run a protocol in memory: a fake transport on one side, websockets' own sans-I/O
+client on the other, the echo application of ``tests/wsecho.py`` behind it. What a client or
+the log sees is checked under both protocols, stock uvicorn's ``websockets-sansio`` and the
+subclass; then what the subclass keeps less of, and its fallback to stock behaviour. The
+last tests start uvicorn processes as ``scripts/serve`` does.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import inspect
 import logging
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-import websockets
 from uvicorn.config import Config
-from uvicorn.protocols.websockets import websockets_sansio_impl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
@@ -31,20 +27,13 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from app.api import wsserver
-from app.api.wsserver import (
-    _UVICORN_ATTRIBUTES,
-    Deadlines,
-    Gate,
-    Inbox,
-    WebSocketProtocol,
-    frame_header,
-    shared_header,
-)
+from app.api.access import ConnectionLines
+from serving.websocket import Gate, Inbox, WebSocketProtocol, frame_header, shared_header
 from tests import wsecho
-from tests.servers import ROOT, WEBSOCKET_ARGS, start_server, stop_server
+from tests.servers import ROOT, SERVED_PROTOCOL, WEBSOCKET_PROTOCOLS, start_server, stop_server
 
 WAIT = 5.0
+PROTOCOL_CLASSES = {"light": WebSocketProtocol, "stock": WebSocketsSansIOProtocol}
 
 
 class FakeTransport(asyncio.Transport):
@@ -139,14 +128,22 @@ class Loopback:
             self.server.connection_lost(None)
 
 
+@pytest.fixture(params=list(PROTOCOL_CLASSES), ids=lambda name: f"ws-{name}")
+def protocol_class(request: pytest.FixtureRequest) -> type[WebSocketsSansIOProtocol]:
+    return PROTOCOL_CLASSES[request.param]
+
+
 @pytest.fixture
-async def connect_in_memory() -> AsyncIterator[Callable[..., Any]]:
-    """Opens loopback connections (handshake answered) and drops them after the test."""
+async def connect_in_memory(
+    protocol_class: type[WebSocketsSansIOProtocol],
+) -> AsyncIterator[Callable[..., Any]]:
+    """Opens loopback connections (handshake answered) and drops them after the test; the
+    protocol is each of ``PROTOCOL_CLASSES`` in turn, unless a test names one."""
     opened: list[Loopback] = []
 
     async def opening(
         path: str = "/echo",
-        protocol_class: type[WebSocketsSansIOProtocol] = WebSocketProtocol,
+        protocol_class: type[WebSocketsSansIOProtocol] = protocol_class,
         **options: Any,
     ) -> Loopback:
         loopback = Loopback(protocol_class, path, **options)
@@ -159,6 +156,30 @@ async def connect_in_memory() -> AsyncIterator[Callable[..., Any]]:
     for loopback in opened:
         loopback.disconnect()
     await asyncio.sleep(0)
+
+
+@pytest.fixture
+def connect_light(connect_in_memory: Any) -> Callable[..., Any]:
+    """``connect_in_memory`` with the subclass."""
+
+    def opening(path: str = "/echo", **options: Any) -> Any:
+        return connect_in_memory(path, WebSocketProtocol, **options)
+
+    return opening
+
+
+@pytest.fixture
+def uvicorn_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """uvicorn's log at INFO, with the filter the application's entry point installs on it
+    (``app.api.access.configure``)."""
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    connection_lines = ConnectionLines()
+    uvicorn_error.addFilter(connection_lines)
+    caplog.set_level(logging.INFO, logger="uvicorn.error")
+    try:
+        yield caplog
+    finally:
+        uvicorn_error.removeFilter(connection_lines)
 
 
 def closing(frame: Frame) -> Close:
@@ -174,11 +195,13 @@ async def settled(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.001)
 
 
-# Behaviour, as uvicorn's own protocol has it.
+# Behaviour, the same under both protocols.
 
 
-async def test_the_handshake_is_answered_with_101() -> None:
-    loopback = Loopback(WebSocketProtocol, "/echo")
+async def test_the_handshake_is_answered_with_101(
+    protocol_class: type[WebSocketsSansIOProtocol],
+) -> None:
+    loopback = Loopback(protocol_class, "/echo")
     (response,) = await loopback.receive()
     loopback.disconnect()
 
@@ -327,57 +350,64 @@ async def test_shutdown_closes_open_connections_with_1012(connect_in_memory: Any
     assert wsecho.disconnects[-1] == 1012
 
 
-async def test_a_handshake_the_application_refuses_is_answered_with_403() -> None:
-    loopback = Loopback(WebSocketProtocol, "/refuse")
+async def test_a_handshake_the_application_refuses_is_answered_with_403(
+    protocol_class: type[WebSocketsSansIOProtocol],
+) -> None:
+    loopback = Loopback(protocol_class, "/refuse")
 
     (response,) = await loopback.receive()
 
     assert response.status_code == 403
 
 
-async def test_a_refused_handshake_is_logged_as_uvicorns_are(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.INFO, logger="uvicorn.error")
+# The log, with the application's filter on uvicorn's logger.
 
-    refused = Loopback(WebSocketProtocol, "/refuse")
+
+async def test_a_refused_handshake_is_logged_as_uvicorn_logs_it(
+    protocol_class: type[WebSocketsSansIOProtocol], uvicorn_log: pytest.LogCaptureFixture
+) -> None:
+    refused = Loopback(protocol_class, "/refuse")
     await refused.receive()
 
-    lines = [record.getMessage() for record in caplog.records]
+    lines = [record.getMessage() for record in uvicorn_log.records]
     assert any(line.endswith('"WebSocket /refuse" 403') for line in lines), lines
 
 
-# What the subclass changes.
-
-
 async def test_an_accepted_connection_logs_warnings_but_not_its_info_lines(
-    connect_in_memory: Any, caplog: pytest.LogCaptureFixture
+    connect_in_memory: Any, uvicorn_log: pytest.LogCaptureFixture
 ) -> None:
     # The application writes the connection's access line; uvicorn's "[accepted]" (with the
-    # query string) and websockets' "connection open" would be two more per connection.
-    caplog.set_level(logging.INFO, logger="uvicorn.error")
-
-    loopback = await connect_in_memory()
+    # query string) and websockets' "connection open" and "connection closed" would be three
+    # more per connection.
+    loopback = await connect_in_memory("/echo?token=secret")
     loopback.server.logger.warning("something a connection should say")
+    await loopback.send_text("close 1000 done")
+    closing(await loopback.frame())
+    loopback.flush()
+    await settled(lambda: loopback.transport.closed)
+    loopback.disconnect()
 
-    lines = [record.getMessage() for record in caplog.records]
+    lines = [record.getMessage() for record in uvicorn_log.records]
     assert lines == ["something a connection should say"]
 
 
-async def test_with_debug_logging_an_accepted_connection_is_logged_as_uvicorns_is(
-    connect_in_memory: Any, caplog: pytest.LogCaptureFixture
+async def test_with_debug_logging_an_accepted_connection_is_logged_as_uvicorn_logs_it(
+    connect_in_memory: Any, uvicorn_log: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="uvicorn.error")
+    uvicorn_log.set_level(logging.DEBUG, logger="uvicorn.error")
 
     await connect_in_memory()
 
-    lines = [record.getMessage() for record in caplog.records]
+    lines = [record.getMessage() for record in uvicorn_log.records]
     assert any(line.endswith('"WebSocket /echo" [accepted]') for line in lines), lines
     assert "connection open" in lines
 
 
-async def test_the_handshake_is_let_go_once_answered(connect_in_memory: Any) -> None:
-    loopback = await connect_in_memory()
+# What the subclass keeps less of.
+
+
+async def test_the_handshake_is_let_go_once_answered(connect_light: Any) -> None:
+    loopback = await connect_light()
     server = loopback.server
     # websockets' parser keeps the request it parsed for as long as the connection lasts.
     kept_by_parser = server.conn.parser.gi_frame.f_locals["request"]
@@ -389,15 +419,35 @@ async def test_the_handshake_is_let_go_once_answered(connect_in_memory: Any) -> 
 
 
 async def test_the_connections_attributes_are_slots_not_a_dictionary(
-    connect_in_memory: Any,
+    connect_light: Any,
 ) -> None:
-    loopback = await connect_in_memory()
+    # A connection that has been through everything that sets an attribute: the handshake,
+    # messages both ways, a ping and its pong, the closing handshake.
+    loopback = await connect_light(ws_ping_interval=0.01, ws_ping_timeout=WAIT)
+    assert await loopback.echo("one") == "one"
+    await settled(lambda: any(frame.opcode is Opcode.PING for frame in loopback.read()))
+    loopback.flush()
+    await loopback.send_text("close 1000 done")
+    closing(await loopback.frame())
+    loopback.flush()
+    await settled(lambda: loopback.transport.closed)
+    loopback.disconnect()
 
     assert vars(loopback.server) == {}
 
 
+async def test_the_connections_of_a_loop_share_one_timer_for_their_pings(
+    connect_light: Any,
+) -> None:
+    loopbacks = [await connect_light(ws_ping_interval=3600) for _ in range(3)]
+
+    timers = {type(loopback.server.ping_timer).__name__ for loopback in loopbacks}
+
+    assert timers == {"Deadline"}
+
+
 async def test_a_connection_runs_as_stock_uvicorns_when_uvicorn_is_not_as_expected(
-    connect_in_memory: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    connect_light: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     class OtherQueue(asyncio.Queue[Any]):
         pass
@@ -410,14 +460,35 @@ async def test_a_connection_runs_as_stock_uvicorns_when_uvicorn_is_not_as_expect
 
     monkeypatch.setattr(WebSocketsSansIOProtocol, "__init__", changed_init)
     monkeypatch.setattr(WebSocketProtocol, "_warned", False)
-    caplog.set_level(logging.WARNING, logger="app.api.wsserver")
+    caplog.set_level(logging.WARNING, logger="serving.websocket")
 
-    loopback = await connect_in_memory()
+    loopback = await connect_light()
+    await connect_light()
 
     assert isinstance(loopback.server.queue, OtherQueue)
     assert hasattr(loopback.server, "request")  # kept, as stock uvicorn keeps it
     assert await loopback.echo("as ever") == "as ever"
-    assert "connections run as stock uvicorn's" in caplog.text
+    assert caplog.text.count("connections run as stock uvicorn's") == 1
+
+
+def test_uvicorn_serves_stock_websockets_when_the_subclass_cannot_be_imported() -> None:
+    # As if uvicorn had moved the module the subclass is built on.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['serving.websocket'] = None; import serving;"
+            " print(serving.WebSocketProtocol.__qualname__)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+
+    assert result.stdout.strip() == WebSocketsSansIOProtocol.__qualname__
+    assert result.stderr.count("served by stock uvicorn's websockets-sansio") == 1
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 300_000])
@@ -468,66 +539,6 @@ async def test_the_gate_holds_waiters_until_it_is_set() -> None:
     assert gate.is_set()
 
 
-async def test_deadlines_run_in_the_order_they_fall_due() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
-    ran: list[float] = []
-    last = asyncio.get_running_loop().create_future()
-    for delay in (0.03, 0.01, 0.02):
-        deadlines.call_later(delay, lambda delay=delay: ran.append(delay))
-    deadlines.call_later(0.04, lambda: last.set_result(None))
-
-    await asyncio.wait_for(last, WAIT)
-
-    assert ran == [0.01, 0.02, 0.03]
-    assert len(deadlines) == 0
-
-
-async def test_a_cancelled_deadline_does_not_run_and_lets_go_of_its_callback() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
-    ran: list[str] = []
-    last = asyncio.get_running_loop().create_future()
-    cancelled = deadlines.call_later(0.01, lambda: ran.append("cancelled"))
-    deadlines.call_later(0.02, lambda: last.set_result(None))
-
-    cancelled.cancel()
-    await asyncio.wait_for(last, WAIT)
-
-    assert ran == []
-    assert cancelled.callback is None
-
-
-async def test_many_cancelled_deadlines_leave_the_heap() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
-    entries = [deadlines.call_later(3600, lambda: None) for _ in range(1000)]
-
-    for entry in entries[:900]:
-        entry.cancel()
-
-    assert len(deadlines) == 100
-    assert len(deadlines._heap) < 300
-    for entry in entries[900:]:
-        entry.cancel()
-
-
-async def test_a_deadline_callback_that_fails_is_reported_and_the_others_run(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    loop = asyncio.get_running_loop()
-    reported: list[dict[str, Any]] = []
-    monkeypatch.setattr(loop, "call_exception_handler", reported.append)
-    deadlines = Deadlines(loop)
-    last = loop.create_future()
-
-    def failing() -> None:
-        raise RuntimeError("boom")
-
-    deadlines.call_later(0.0, failing)
-    deadlines.call_later(0.0, lambda: last.set_result(None))
-    await asyncio.wait_for(last, WAIT)
-
-    assert [type(context["exception"]) for context in reported] == [RuntimeError]
-
-
 def test_repeated_request_headers_are_shared_and_others_kept_apart() -> None:
     def header(name: str, value: str) -> tuple[bytes, bytes]:
         return (name.encode(), value.encode())  # a new tuple each time
@@ -542,10 +553,10 @@ def test_repeated_request_headers_are_shared_and_others_kept_apart() -> None:
 # As scripts/serve runs it.
 
 
-def test_scripts_serve_runs_the_same_websocket_protocol_as_the_tests() -> None:
+def test_scripts_serve_runs_the_protocol_the_tests_run_as_served() -> None:
     serve = (ROOT / "scripts" / "serve").read_text()
 
-    assert f"--ws {WEBSOCKET_ARGS[1]} " in serve
+    assert f"--ws {WEBSOCKET_PROTOCOLS[SERVED_PROTOCOL]} " in serve
 
 
 async def test_uvicorn_serves_with_the_protocol_from_the_command_line(tmp_path: Path) -> None:
@@ -559,112 +570,22 @@ async def test_uvicorn_serves_with_the_protocol_from_the_command_line(tmp_path: 
 
     assert answer == "over a real socket"
     assert "disconnected 1000" in server.output()
-    assert "app.api.wsserver" not in server.output()  # no warning: the light protocol ran
+    assert "stock uvicorn" not in server.output()  # no warning: the subclass ran
 
 
-# uvicorn's internals the subclass relies on. When one of these fails after an upgrade, read
-# the new websockets_sansio_impl.py against app/api/wsserver.py before changing the pins.
-
-
-def test_uvicorn_and_websockets_are_the_versions_the_protocol_was_checked_against() -> None:
-    assert uvicorn.__version__.startswith("0.54.")
-    assert websockets.__version__.split(".")[0] == "17"
-
-
-def _stock_class() -> ast.ClassDef:
-    tree = ast.parse(inspect.getsource(websockets_sansio_impl))
-    return next(
-        node
-        for node in tree.body
-        if isinstance(node, ast.ClassDef) and node.name == "WebSocketsSansIOProtocol"
+def test_the_application_imports_neither_the_adapter_nor_uvicorn() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, app.main, app.api.websocket; print(sorted(name for name in sys.modules"
+            " if name.split('.')[0] in {'serving', 'uvicorn', 'websockets'}))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
 
-
-def _uses_of(attribute: str) -> list[tuple[str, str]]:
-    """(method, use) for each use of ``self.<attribute>`` in uvicorn's class: the name of
-    the attribute or method taken from it, or "store", "read"."""
-    uses = []
-    for method in _stock_class().body:
-        if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        parents = {
-            child: parent for parent in ast.walk(method) for child in ast.iter_child_nodes(parent)
-        }
-        for node in ast.walk(method):
-            if not (
-                isinstance(node, ast.Attribute)
-                and node.attr == attribute
-                and isinstance(node.value, ast.Name)
-                and node.value.id == "self"
-            ):
-                continue
-            parent = parents.get(node)
-            if isinstance(node.ctx, ast.Store | ast.Del):
-                uses.append((method.name, "store"))
-            elif isinstance(parent, ast.Attribute):
-                uses.append((method.name, parent.attr))
-            else:
-                uses.append((method.name, "read"))
-    return uses
-
-
-def test_the_slots_cover_every_attribute_uvicorn_sets() -> None:
-    assigned = {
-        node.attr
-        for node in ast.walk(_stock_class())
-        if isinstance(node, ast.Attribute)
-        and isinstance(node.ctx, ast.Store)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "self"
-    }
-
-    assert assigned == set(_UVICORN_ATTRIBUTES)
-
-
-def test_uvicorn_uses_its_queue_only_as_the_inbox_can_be_used() -> None:
-    uses = {(method, use) for method, use in _uses_of("queue") if method != "receive"}
-
-    assert {use for _, use in uses} <= {"put_nowait", "empty", "store"}
-    assert {method for method, use in uses if use == "store"} == {"__init__"}
-
-
-def test_uvicorn_uses_its_write_gate_only_as_the_gate_can_be_used() -> None:
-    uses = set(_uses_of("writable"))
-
-    assert {use for _, use in uses} <= {"set", "clear", "wait", "store"}
-    assert {method for method, use in uses if use == "store"} == {"__init__"}
-
-
-def test_uvicorn_reads_the_handshake_only_until_it_is_answered() -> None:
-    readers = {method for method, use in _uses_of("request") + _uses_of("response")}
-
-    assert readers == {"handle_connect", "send"}
-
-
-def test_uvicorn_only_cancels_its_ping_timer() -> None:
-    uses = {use for _, use in _uses_of("ping_timer")}
-
-    assert uses <= {"store", "cancel", "read"}
-    assert {method for method, use in _uses_of("ping_timer") if use == "read"} <= {
-        "stop_keepalive"  # `is not None`
-    }
-
-
-def test_the_methods_the_subclass_overrides_are_uvicorns() -> None:
-    methods = {
-        node.name
-        for node in _stock_class().body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
-    }
-    overridden = {
-        name
-        for name, value in vars(WebSocketProtocol).items()
-        if inspect.isfunction(value) and not name.startswith("_")
-    }
-
-    assert overridden <= methods
-    assert {"send_keepalive_ping", "connection_lost", "shutdown"} <= methods
-
-
-def test_the_module_documents_the_uvicorn_release_it_relies_on() -> None:
-    assert "0.54" in (wsserver.__doc__ or "")
+    assert result.stdout.strip() == "[]"

@@ -1,59 +1,21 @@
-"""uvicorn's sans-I/O WebSocket protocol, lighter per connection; timers shared by connections.
+"""uvicorn's sans-I/O WebSocket protocol, keeping less per connection.
 
-``scripts/serve`` runs uvicorn with ``--ws app.api.wsserver:WebSocketProtocol``. Stock
-uvicorn (0.54, websockets 17) keeps about 21 KiB per idle connection before the application
-does anything (docs/benchmarks.md, "Memory per idle subscription"), and most of it is not
-needed once the handshake is answered. This subclass changes what a connection keeps (and
-where its log lines go), not what it does:
+``scripts/serve`` serves with it (``--ws serving:WebSocketProtocol``); the application runs
+the same under stock uvicorn (``--ws websockets-sansio``), and its WebSocket tests run under
+both. Most of what uvicorn keeps per idle connection is needed only until the handshake is
+answered: this subclass lets it go and keeps lighter queues and timers (what each part saves:
+docs/benchmarks.md, "Serving adapter"). The handshake, pings, closes, size limits, flow
+control and shutdown stay uvicorn's own code.
 
-- the scope's request headers that repeat across clients (``Host``, ``Upgrade``,
-  ``User-Agent``, ...) are tuples shared by every connection that sent them (~0.8 KiB);
-- the handshake's request and response, websockets objects with their headers (~5 KiB), are
-  let go once the handshake is answered (websockets' parser keeps the request object for the
-  connection's life, so its headers are emptied too);
-- the receive queue is an ``Inbox`` instead of an ``asyncio.Queue``: three deques and an
-  ``asyncio.Event`` with a fourth, each deque a 64-slot block allocated up front (~3 KiB);
-- the write gate is a ``Gate`` instead of an ``asyncio.Event`` (its deque, ~0.7 KiB);
-- ``receive`` returns a future rather than being a coroutine: two fewer coroutine frames
-  (``receive`` and ``Queue.get``) suspended under every idle reader;
-- uvicorn's protocol sets 37 attributes, more than CPython 3.11 keeps in a key-sharing
-  instance dictionary (30), so each connection had a 64-entry dictionary of its own
-  (1.5 KiB): they live in slots here;
-- the keepalive ping waits in ``Deadlines``, a heap shared by the connections of the loop,
-  instead of a loop timer of its own (a uvloop timer, its handle, context and bound method:
-  ~0.5 KiB);
-- an accepted connection's three INFO lines on ``uvicorn.error`` (uvicorn's "[accepted]",
-  with the query string, and websockets' "connection open" and "connection closed"), which
-  ``--no-access-log`` leaves on, go to a child logger that passes warnings and errors only:
-  the application writes one JSON access line per connection instead
-  (``app.api.access.log_connection``). The logging machinery was an eighth of the server's
-  CPU in a storm of reconnecting subscribers. With ``--log-level debug`` (or trace), they
-  are logged as uvicorn logs them;
-- a data frame goes to the transport without the write gate's coroutine while the transport
-  is writable (the common case), its header made here rather than by websockets when
-  websockets would make it plainly (no extensions, no fragment under way, no debug log):
-  ~1 µs less per frame, for a live event sent to thousands of subscribers.
-
-Everything else is uvicorn's own code: the handshake and its refusals' log lines, ping and pong,
-close codes and the closing handshake, the maximum message size, flow control (reading
-paused while a message waits for the application, sends waiting while the transport's buffer
-is full), and shutdown.
-
-The subclass relies on uvicorn's internals as of 0.54: the attributes it replaces and how the
-rest of the class uses them. Each connection checks that those attributes are what they were
-(``_stock_parts_as_expected``); if not, it logs a warning once and runs exactly as stock
-uvicorn. ``tests/test_wsserver.py`` pins the uvicorn version and reads uvicorn's source to
-check the assumptions, so that an upgrade fails there loudly before it degrades quietly.
+It relies on uvicorn's internals (checked with 0.54 and 0.55): a connection that finds them
+otherwise logs one warning and runs as stock uvicorn's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import heapq
 import logging
 import struct
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -64,15 +26,12 @@ from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from app.timers import deadlines
+
 if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
 
 logger = logging.getLogger(__name__)
-
-# Where an accepted connection's lines go: a child of uvicorn's logger that passes warnings
-# and errors on to its handlers (see the module's docstring).
-ACCEPTED_CONNECTIONS = logging.getLogger("uvicorn.error.accepted")
-ACCEPTED_CONNECTIONS.setLevel(logging.WARNING)
 
 
 class Inbox:
@@ -169,111 +128,10 @@ class Gate:
                 self._waiters.remove(waiter)
 
 
-class Deadline:
-    """A callback due at a time on the loop's clock; ``cancel`` drops it (and what it
-    references) at once."""
-
-    __slots__ = ("callback", "owner", "when")
-
-    def __init__(self, owner: Deadlines, when: float, callback: Callable[[], object]) -> None:
-        self.owner = owner
-        self.when = when
-        self.callback: Callable[[], object] | None = callback
-
-    def __lt__(self, other: Deadline) -> bool:
-        return self.when < other.when
-
-    def cancel(self) -> None:
-        if self.callback is not None:
-            self.callback = None
-            self.owner.cancelled()
-
-
-class Deadlines:
-    """Timers for many connections on one loop timer: a heap of ``Deadline`` entries, the
-    loop's timer set for the earliest. A cancelled entry stays in the heap until it comes
-    due, or until cancelled ones are half the heap (then it is rebuilt), as asyncio does with
-    its own timers.
-
-    Unlike ``loop.call_later``, a callback does not run in a copy of the context it was
-    scheduled from (that copy is part of what a loop timer costs), but in an empty one: the
-    callbacks here (pings, closes) use no context variables."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._heap: list[Deadline] = []
-        self._cancelled = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0
-        self._context = contextvars.Context()
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> Deadline:
-        deadline = Deadline(self, self._loop.time() + max(0.0, delay), callback)
-        heapq.heappush(self._heap, deadline)
-        if self._timer is None or deadline.when < self._armed_at:
-            self._arm()
-        return deadline
-
-    def cancelled(self) -> None:
-        self._cancelled += 1
-        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-            self._heap = [deadline for deadline in self._heap if deadline.callback is not None]
-            heapq.heapify(self._heap)
-            self._cancelled = 0
-
-    def __len__(self) -> int:
-        """Deadlines waiting, cancelled ones left out."""
-        return len(self._heap) - self._cancelled
-
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        heap = self._heap
-        while heap and heap[0].callback is None:
-            heapq.heappop(heap)
-            self._cancelled -= 1
-        if heap:
-            self._armed_at = heap[0].when
-            self._timer = self._loop.call_at(self._armed_at, self._fire, context=self._context)
-
-    def _fire(self) -> None:
-        self._timer = None
-        # As the loop itself does: due within its clock's resolution counts as due.
-        now = self._loop.time() + _clock_resolution(self._loop)
-        heap = self._heap
-        due: list[Callable[[], object]] = []
-        while heap and heap[0].when <= now:
-            deadline = heapq.heappop(heap)
-            callback = deadline.callback
-            if callback is None:
-                self._cancelled -= 1
-                continue
-            deadline.callback = None
-            due.append(callback)
-        # Run after the heap is settled: a callback may set a deadline of its own.
-        for callback in due:
-            try:
-                callback()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as error:
-                self._loop.call_exception_handler(
-                    {"message": f"Exception in deadline callback {callback!r}", "exception": error}
-                )
-        if self._timer is None:
-            self._arm()
-
-
-def _clock_resolution(loop: asyncio.AbstractEventLoop) -> float:
-    resolution: float = getattr(loop, "_clock_resolution", 0.001)
-    return resolution
-
-
 # Request headers whose values repeat across clients and carry nothing secret: one tuple per
 # (name, value) is shared by the scopes of every connection that sent it, instead of a tuple
-# and two bytes objects per header per connection (~0.1 KiB each, as long as the connection
-# lasts). Bounded: once full, further values are simply not shared.
+# and two bytes objects per header per connection, for as long as the connection lasts.
+# Bounded: once full, further values are simply not shared.
 _SHARED_HEADER_NAMES = frozenset(
     {
         b"accept-encoding",
@@ -317,22 +175,9 @@ def frame_header(opcode: Opcode, length: int) -> bytes:
     return struct.pack("!BBQ", 0x80 | opcode, 127, length)
 
 
-_deadlines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Deadlines] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def deadlines(loop: asyncio.AbstractEventLoop | None = None) -> Deadlines:
-    """The shared timers of ``loop`` (by default the running one)."""
-    loop = loop or asyncio.get_running_loop()
-    shared = _deadlines.get(loop)
-    if shared is None:
-        shared = _deadlines[loop] = Deadlines(loop)
-    return shared
-
-
-# Every attribute uvicorn 0.54's protocol sets, all kept in slots (tests/test_wsserver.py
-# reads them from uvicorn's source). One uvicorn adds later still works, in a dictionary.
+# The attributes uvicorn's protocol sets, in slots: it sets more than CPython 3.11 shares the
+# keys of in instance dictionaries, so each connection would have a dictionary of its own. One
+# that a later uvicorn adds still works, in a dictionary (tests/test_serving.py notices).
 _UVICORN_ATTRIBUTES = (
     "app",
     "app_state",
@@ -374,9 +219,13 @@ _UVICORN_ATTRIBUTES = (
 )
 
 
+# uvicorn's methods that the subclass overrides and calls.
+_EXTENDED_METHODS = ("handle_connect", "receive", "send", "schedule_ping", "send_keepalive_ping")
+
+
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's ``websockets-sansio`` protocol, keeping less per connection (see the
-    module's docstring)."""
+    """uvicorn's ``websockets-sansio`` protocol, its parts swapped for lighter ones where they
+    are as expected (``_light``)."""
 
     __slots__ = (*_UVICORN_ATTRIBUTES, "_light")
 
@@ -395,17 +244,34 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             for name, expected in (("queue", asyncio.Queue), ("writable", asyncio.Event))
             if type(getattr(self, name, None)) is not expected
         ]
-        for name in ("handshake_complete", "close_sent", "disconnected", "initial_response"):
-            if not hasattr(self, name):
-                problems.append(f"no attribute {name}")
-        for name in ("state", "expect_continuation_frame", "extensions", "debug"):
-            if not hasattr(self.conn, name):
-                problems.append(f"no attribute conn.{name}")
+        problems.extend(
+            f"no attribute {name}"
+            for name in (
+                "handshake_complete",
+                "close_sent",
+                "disconnected",
+                "initial_response",
+                "read_paused",
+                "ping_interval",
+                "last_ping_rtt",
+            )
+            if not hasattr(self, name)
+        )
+        problems.extend(
+            f"no method {name}"
+            for name in _EXTENDED_METHODS
+            if not callable(getattr(WebSocketsSansIOProtocol, name, None))
+        )
+        problems.extend(
+            f"no attribute conn.{name}"
+            for name in ("state", "expect_continuation_frame", "extensions", "debug")
+            if not hasattr(self.conn, name)
+        )
         if problems:
             if not WebSocketProtocol._warned:
                 WebSocketProtocol._warned = True
                 logger.warning(
-                    "uvicorn's WebSocket protocol is not as app.api.wsserver expects (%s): "
+                    "uvicorn's WebSocket protocol is not as serving.websocket expects (%s): "
                     "connections run as stock uvicorn's, with more memory each",
                     "; ".join(problems),
                 )
@@ -448,12 +314,6 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             # (a coroutine per frame) when it is open anyway.
             self._send_data(message)
             return
-        if (
-            message["type"] == "websocket.accept"
-            and self._light
-            and not self.logger.isEnabledFor(logging.DEBUG)
-        ):
-            self.logger = self.conn.logger = ACCEPTED_CONNECTIONS
         await super().send(message)
         if message["type"] == "websocket.accept" and self._light and self.handshake_complete:
             self._forget_handshake()
@@ -474,8 +334,8 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             and not conn.debug
         ):
             # The frame websockets would make: final, unmasked (a server's), nothing to
-            # encode without extensions; built here it costs ~0.2 µs instead of ~1.1 µs
-            # (a Frame object, its checks, a BytesIO, and a join of the writes).
+            # encode without extensions; without its Frame object, checks, BytesIO and join
+            # of the writes, for one frame per subscriber per event.
             self.transport.write(frame_header(opcode, len(data)) + data)
             return
         try:
