@@ -19,6 +19,7 @@ from app import idempotency, sqlite_reads, validation
 from app.auth import Principal
 from app.encoding import new_event_id
 from app.errors import BadUserInput, Conflict, FieldError, Forbidden
+from app.memo import ByIdentity
 from app.models import OrderEvent
 from app.records import (
     COLUMNS,
@@ -206,13 +207,18 @@ async def list_events(
     )
 
     state, rows = await read_page(account_id, order_id, after_version, first + 1)
-    events = rows[:first]
+    # The same list for the same rows: a page read again from the page cache is then the
+    # same object all the way (what is made from it can be remembered, see app.memo).
+    events = rows if len(rows) <= first else _first.get(rows, lambda rows: rows[:first], first)
     return EventPage(
         events=events,
         state=state,
         has_next_page=len(rows) > first,
         end_cursor=events[-1].cursor if events else after,
     )
+
+
+_first: ByIdentity[list[StoredEvent]] = ByIdentity(1_000)
 
 
 # The order's combined state, its latest event's id and a page of its events, in one

@@ -197,3 +197,24 @@ def test_a_plain_subscription_is_compiled_for_websockets_only() -> None:
 
 def test_queries_and_mutations_are_no_subscription_plans() -> None:
     assert Compiler(schema).subscription_plan(CREATE, None) is None
+
+
+@pytest.mark.parametrize("first", [1, 5])
+async def test_a_page_read_again_shows_what_was_written_since(
+    client: GraphQLClient, first: int
+) -> None:
+    # The compiled route remembers what it made of a page (app.memo) for as long as the page
+    # cache hands out the same events; a write must show at the next read all the same.
+    read = {"a": ACCOUNT, "o": ORDER, "first": first}
+    for state in ("SUCCESS", "PENDING"):
+        await client.execute(CREATE, {"a": ACCOUNT, "o": ORDER, "e": {**EVENT, "state": state}})
+    before = await client.execute(READ, read)
+    assert await client.execute(READ, read) == before
+
+    await client.execute(CREATE, {"a": ACCOUNT, "o": ORDER, "e": {**EVENT, "state": "FAILURE"}})
+    after = (await client.execute(READ, read))["data"]["orderEvents"]
+
+    assert after["state"] == "FAILURE"
+    assert len(after["events"]) == min(first, 3)
+    assert after["pageInfo"]["hasNextPage"] == (first < 3)
+    assert [e["version"] for e in after["events"]] == list(range(1, min(first, 3) + 1))

@@ -14,12 +14,13 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 import pytest
 
 from app.api.documents import Compiler
+from app.api.endpoint import query_parameters
 from app.api.view import GraphQLView
 from app.auth import TokenValidator
 from tests.conftest import ClientWith, GraphQLClient, Mint
@@ -334,3 +335,25 @@ async def test_a_fault_in_the_front_door_is_a_500_with_the_request_id(
     assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id}
     assert "validator" not in response.text
     assert any(request_id in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "query_string",
+    [
+        urlencode({"query": "query { a }", "variables": '{"o": "x y+z&ü"}'}),
+        "query=%7Ba%7D&&operationName=",
+        "query=a+b%2Bc&variables=",
+        "query",
+        "query=x;y=1",
+        "query=%E2%82%AC%ZZ",
+    ],
+)
+def test_a_query_string_is_read_as_starlette_reads_it(query_string: str) -> None:
+    expected = dict(parse_qsl(query_string, keep_blank_values=True))
+
+    assert query_parameters(query_string.encode()) == expected
+
+
+@pytest.mark.parametrize("query_string", ["query=a&query=b", "query=a&extensions=%7B%7D"])
+def test_a_parameter_twice_or_unknown_is_left_to_the_view(query_string: str) -> None:
+    assert query_parameters(query_string.encode()) is None

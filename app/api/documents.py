@@ -23,8 +23,10 @@ from typing import Any, cast
 
 import strawberry
 from graphql import (
+    ArgumentNode,
     DocumentNode,
     FieldNode,
+    GraphQLArgument,
     GraphQLError,
     GraphQLField,
     GraphQLInputObjectType,
@@ -35,15 +37,20 @@ from graphql import (
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLSchema,
+    ListValueNode,
+    ObjectValueNode,
     OperationDefinitionNode,
     OperationType,
     SelectionNode,
     SelectionSetNode,
+    ValueNode,
+    VariableDefinitionNode,
+    VariableNode,
     parse,
     specified_rules,
     validate,
 )
-from graphql.execution.values import get_argument_values, get_variable_values
+from graphql.execution.values import coerce_argument, get_variable_values
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types import ExecutionResult
 
@@ -65,36 +72,77 @@ Runner = Callable[..., Any]
 
 
 @dataclass(frozen=True)
+class Arguments:
+    """How a root field's arguments are made, each by graphql-core's ``coerce_argument``:
+    those written without variables (and those left out) once, when the document is compiled;
+    those with variables per request. Keyed by their Python names, as resolvers get them."""
+
+    variable_definitions: tuple[VariableDefinitionNode, ...]
+    constants: dict[str, Any]
+    per_request: tuple[tuple[str, GraphQLArgument, ArgumentNode], ...]
+    # (GraphQL name, Python name, what makes its value a resolver's, if anything does)
+    names: tuple[tuple[str, str, Callable[[Any], Any] | None], ...]
+
+    @classmethod
+    def of(
+        cls, field: GraphQLField, node: FieldNode, operation: OperationDefinitionNode
+    ) -> Arguments:
+        given = {argument.name.value: argument for argument in node.arguments or ()}
+        constants: dict[str, Any] = {}
+        per_request = []
+        for name, definition in field.args.items():
+            argument = given.get(name)
+            if argument is not None and _has_variables(argument.value):
+                per_request.append((name, definition, argument))
+            else:
+                coerce_argument(constants, node, name, definition, argument, None, None)
+        return cls(
+            variable_definitions=tuple(operation.variable_definitions or ()),
+            constants=constants,
+            per_request=tuple(per_request),
+            names=tuple(
+                (name, definition.extensions[_DEFINITION].python_name, _converter(definition.type))
+                for name, definition in field.args.items()
+            ),
+        )
+
+    def values(
+        self, schema: GraphQLSchema, node: FieldNode, variables: Any
+    ) -> dict[str, Any] | None:
+        """The arguments for ``variables``; None when they do not coerce (the ordinary route
+        reports why)."""
+        if variables is not None and not isinstance(variables, dict):
+            return None
+        coerced = get_variable_values(schema, self.variable_definitions, variables or {})
+        if isinstance(coerced, list):
+            return None
+        values = dict(self.constants)
+        try:
+            for name, definition, argument in self.per_request:
+                coerce_argument(values, node, name, definition, argument, coerced, None)
+        except GraphQLError:
+            return None
+        return {
+            python: values[name] if convert is None else convert(values[name])
+            for name, python, convert in self.names
+            if name in values
+        }
+
+
+@dataclass(frozen=True)
 class Plan:
     operation: OperationType
     name: str | None  # the operation's name, for the access log
     response_key: str
-    document: DocumentNode
-    field: GraphQLField
     field_node: FieldNode
+    given: Arguments
     run: Runner | None  # what the root field does; None for a subscription
     serialize: Serializer
 
     def arguments(self, schema: GraphQLSchema, variables: Any) -> dict[str, Any] | None:
         """The root field's arguments by their Python names, as its resolver gets them; None
         when the variables do not coerce (the ordinary route reports why)."""
-        if variables is not None and not isinstance(variables, dict):
-            return None
-        operation = self.document.definitions[0]
-        assert isinstance(operation, OperationDefinitionNode)
-        coerced = get_variable_values(schema, operation.variable_definitions or (), variables or {})
-        if isinstance(coerced, list):
-            return None
-        try:
-            values = get_argument_values(self.field, self.field_node, coerced)
-        except GraphQLError:
-            return None
-        return {
-            self.field.args[name].extensions[_DEFINITION].python_name: _to_python(
-                self.field.args[name].type, value
-            )
-            for name, value in values.items()
-        }
+        return self.given.values(schema, self.field_node, variables)
 
     def data(self, value: Any) -> dict[str, Any]:
         """The response's ``data`` for the root field's value."""
@@ -206,38 +254,60 @@ class Compiler:
         serialize = _reader(field.type, node.selection_set)
         if serialize is None:
             return None
+        try:
+            given = Arguments.of(field, node, operation)
+        except GraphQLError:
+            return None
         return Plan(
             operation=operation.operation,
             name=operation.name.value if operation.name else None,
             response_key=node.alias.value if node.alias else node.name.value,
-            document=document,
-            field=field,
             field_node=node,
+            given=given,
             run=run,
             serialize=serialize,
         )
 
 
-def _to_python(type_: GraphQLInputType, value: Any) -> Any:
-    """A coerced argument as Strawberry hands it to a resolver: input objects as instances of
-    their Strawberry classes, keyed by Python names."""
-    if value is None:
-        return None
+def _has_variables(value: ValueNode) -> bool:
+    if isinstance(value, VariableNode):
+        return True
+    if isinstance(value, ObjectValueNode):
+        return any(_has_variables(field.value) for field in value.fields)
+    if isinstance(value, ListValueNode):
+        return any(_has_variables(item) for item in value.values)
+    return False
+
+
+def _converter(type_: GraphQLInputType) -> Callable[[Any], Any] | None:
+    """What makes a coerced value of ``type_`` the one Strawberry hands a resolver: input
+    objects become instances of their Strawberry classes, keyed by Python names. None when
+    the value is that already."""
     if isinstance(type_, GraphQLNonNull):
-        return _to_python(type_.of_type, value)
+        return _converter(type_.of_type)
     if isinstance(type_, GraphQLList):
-        return [_to_python(type_.of_type, item) for item in value]
-    if isinstance(type_, GraphQLInputObjectType):
-        definition = type_.extensions[_DEFINITION]
-        return definition.origin(
-            **{
-                type_.fields[name].extensions[_DEFINITION].python_name: _to_python(
-                    type_.fields[name].type, item
-                )
-                for name, item in value.items()
-            }
-        )
-    return value
+        item = _converter(type_.of_type)
+        if item is None:
+            return None
+        return lambda value: None if value is None else [item(entry) for entry in value]
+    if not isinstance(type_, GraphQLInputObjectType):
+        return None
+    origin = type_.extensions[_DEFINITION].origin
+    fields = {
+        name: (field.extensions[_DEFINITION].python_name, _converter(field.type))
+        for name, field in type_.fields.items()
+    }
+
+    def convert(value: Any) -> Any:
+        if value is None:
+            return None
+        made = {}
+        for name, item in value.items():
+            python, inner = fields[name]
+            made[python] = item if inner is None else inner(item)
+        return origin(**made)
+
+    return convert
 
 
 # Serializers: graphql-core's default resolver (the attribute of the field's Python name) and
@@ -270,7 +340,18 @@ def _completion(
         item = _completion(type_.of_type, selection_set)
         if item is None:
             return None
-        return lambda value: None if value is None else [item(entry) for entry in value]
+        if selection_set is None:
+            return lambda value: None if value is None else [item(entry) for entry in value]
+        # Lists of objects are the API's views of stored events (and their links), made
+        # once per event and never changed, and a page read again is the same list: each
+        # list, and each object in it, is completed once per selection.
+        objects: ByIdentity[Any] = ByIdentity()
+        lists: ByIdentity[Any] = ByIdentity(1_000)
+
+        def complete_list(value: Any) -> Any:
+            return [objects.get(entry, item) for entry in value]
+
+        return lambda value: None if value is None else lists.get(value, complete_list)
     if isinstance(type_, GraphQLObjectType) and selection_set is not None:
         return _object_completion(type_, selection_set)
     if selection_set is not None or not isinstance(type_, GraphQLLeafType):

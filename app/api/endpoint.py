@@ -9,16 +9,18 @@ shape and status of errors, and the access log line. A document with a plan
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote_plus
 
 from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
@@ -85,18 +87,16 @@ class Endpoint:
             error = ServiceError(f"Internal server error (request id {request_id})")
             reply = _refusal(error, 500, extensions={"requestId": request_id})
             request.state.error_codes = [error.code]
-        status = [reply.status] if isinstance(reply, Reply) else [reply.status_code]
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
+        if isinstance(reply, Reply):
+            reply.headers.append((b"x-request-id", request_id.encode()))
+            status = reply.status
+        else:
+            reply.headers["x-request-id"] = request_id
+            status = reply.status_code
         try:
-            await reply(scope, request.receive, send_with_id)
+            await reply(scope, request.receive, send)
         finally:
-            access.log_request(request, status[0], started)
+            access.log_request(request, status, started)
 
     async def _answer(self, request: Request, request_id: str) -> Reply | Response:
         view = self.view
@@ -164,11 +164,9 @@ async def _operation(request: Request) -> tuple[Any, Any, Any] | None:
     # Streaming transports (server-sent events, multipart) are Strawberry's to negotiate.
     streaming = "text/event-stream" in accept or "multipart/" in accept
     if request.method == "GET":
-        items = request.query_params.multi_items()
-        names = [name for name, _ in items]
-        if streaming or len(set(names)) != len(names) or not set(names) <= _REQUEST_KEYS:
+        params = query_parameters(request.scope["query_string"])
+        if streaming or params is None:
             return None
-        params = dict(items)
         variables = None
         if params.get("variables"):
             try:
@@ -193,6 +191,27 @@ async def _operation(request: Request) -> tuple[Any, Any, Any] | None:
     if streaming or not isinstance(data, dict) or not data.keys() <= _REQUEST_KEYS:
         return None
     return data.get("query"), data.get("variables"), data.get("operationName")
+
+
+def query_parameters(query_string: bytes) -> dict[str, str] | None:
+    """A GET's parameters as Starlette reads them (``parse_qsl``, blank values kept), or None
+    when one is not a request's or comes twice (the view then reads them). The document, the
+    same text request after request, is unquoted once."""
+    params: dict[str, str] = {}
+    for part in query_string.decode("latin-1").split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        name = unquote_plus(name)
+        if name in params or name not in _REQUEST_KEYS:
+            return None
+        params[name] = _unquote_document(value) if name == "query" else unquote_plus(value)
+    return params
+
+
+@functools.lru_cache(maxsize=256)
+def _unquote_document(raw: str) -> str:
+    return unquote_plus(raw)
 
 
 def _refusal(

@@ -143,6 +143,14 @@ _COPIED_FIELDS: Final = tuple(
 )
 _read_copied: Final = attrgetter(*_COPIED_FIELDS)
 _views: ByIdentity[OrderStatusEvent] = ByIdentity(10_000)
+_pages: ByIdentity[list[OrderStatusEvent]] = ByIdentity(1_000)
+
+
+def _page_views(events: list[StoredEvent], public_url: str) -> list[OrderStatusEvent]:
+    # A page is one order's: its events share their links.
+    shared = _links(events[0], public_url) if events else None
+    view = partial(_view, public_url=public_url, shared_links=shared)
+    return [_views.get(event, view, public_url) for event in events]
 
 
 @strawberry.type(description="Where a page of results ends.")
@@ -166,11 +174,9 @@ class OrderEventCollection:
 
     @classmethod
     def from_page(cls, page: EventPage, public_url: str) -> OrderEventCollection:
-        # A page is one order's: its events share their links.
-        shared = _links(page.events[0], public_url) if page.events else None
-        view = partial(_view, public_url=public_url, shared_links=shared)
         return cls(
-            events=[_views.get(event, view, public_url) for event in page.events],
+            # A page read again from the page cache is the same list of the same events.
+            events=_pages.get(page.events, partial(_page_views, public_url=public_url), public_url),
             state=page.state,
             page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
         )
