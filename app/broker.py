@@ -80,17 +80,16 @@ class Subscription:
     """One subscriber's buffer. Overflowing it ends the subscription rather than the process:
     a stuck consumer costs at most ``limit`` events of memory and slows nobody else.
 
-    Slotted and small: an idle subscription holds an empty list, no future and no task (the
-    buffer is a list rather than a deque, whose empty block alone is 600 bytes; it holds at
-    most ``limit`` items, so taking from its front stays cheap)."""
+    Slotted and small: an idle subscription holds an empty list, no future and no task (a
+    list rather than a deque, whose block is allocated up front; it holds at most ``limit``
+    items, so taking from its front stays cheap). ``app.live.Feed`` acts on ``push``."""
 
-    __slots__ = ("_hub", "_items", "_limit", "_waiter", "account_id", "order_id", "overflowed")
+    __slots__ = ("_hub", "_items", "_limit", "account_id", "order_id", "overflowed")
 
     def __init__(self, hub: Hub, account_id: str, order_id: str | None, limit: int) -> None:
         self._hub = hub
         self._items: list[Item] = []
         self._limit = limit
-        self._waiter: asyncio.Future[None] | None = None
         self.account_id = account_id
         self.order_id = order_id
         self.overflowed = False
@@ -103,25 +102,11 @@ class Subscription:
             self._items.clear()
         else:
             self._items.append(item)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
     def take(self) -> Item | None:
         """The next buffered item without waiting: None when there is none (see
         ``overflowed`` to tell an overflow from an empty buffer)."""
         if self.overflowed or not self._items:
-            return None
-        return self._items.pop(0)
-
-    async def get(self) -> Item | None:
-        """The next item; None once the buffer has overflowed."""
-        while not self._items and not self.overflowed:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        if self.overflowed:
             return None
         return self._items.pop(0)
 
@@ -134,13 +119,8 @@ class Hub:
         self._by_order: dict[tuple[str, str], set[Subscription]] = {}
         self._by_account: dict[str, set[Subscription]] = {}
 
-    def subscribe(self, account_id: str, order_id: str | None, limit: int) -> Subscription:
-        subscription = Subscription(self, account_id, order_id, limit)
-        self.add(subscription)
-        return subscription
-
     def add(self, subscription: Subscription) -> None:
-        """Registers a subscription built by the caller (a subclass that acts on ``push``)."""
+        """Registers a subscription (``app.live.Feed``, which acts on ``push``)."""
         self._index(subscription).add(subscription)
 
     def remove(self, subscription: Subscription) -> None:

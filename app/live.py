@@ -54,17 +54,17 @@ def _number(event: StoredEvent, order_id: str | None) -> int:
 
 def check(
     principal: Principal, account_id: str, order_id: str | None, after: str | None
-) -> tuple[int, int] | None:
+) -> tuple[int, int, str] | None:
     """Refuses a watch that may not start (bad input, missing scope); returns where ``after``
-    points, as (position, version)."""
+    points, as a ``Feed`` takes it: (position, version, cursor)."""
     errors: list[FieldError] = []
     validation.check_account_id(account_id, "accountId", errors)
     if order_id is not None:
         validation.check_order_id(order_id, "orderId", errors)
-    start: tuple[int, int] | None = None
+    start: tuple[int, int, str] | None = None
     if after is not None:
         try:
-            start = decode_cursor(after)
+            start = (*decode_cursor(after), after)
         except BadUserInput as error:
             errors.extend(error.errors)
     if errors:
@@ -344,3 +344,18 @@ class Handoff:
             await self._given
         finally:
             self._item = self._given = None
+
+
+def watch(
+    principal: Principal,
+    broker: Broker,
+    account_id: str,
+    order_id: str | None,
+    after: str | None,
+    receiver: Receiver,
+    *,
+    buffer_size: int,
+) -> Feed:
+    """The feed of a watch that may start (``check`` refuses one that may not), not started."""
+    start = check(principal, account_id, order_id, after)
+    return Feed(broker, account_id, order_id, start, receiver, buffer_size=buffer_size)

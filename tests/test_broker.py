@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -34,114 +33,104 @@ def event(order_id: str = "o-1", version: int = 1, account_id: str = ACCOUNT) ->
     )
 
 
-async def pending(subscription: Subscription) -> list[Item | None]:
-    """Every item the subscription hands out without waiting (None: it has overflowed)."""
+def pending(subscription: Subscription) -> list[Item | None]:
+    """Every item the subscription holds (None last: it has overflowed)."""
     items: list[Item | None] = []
-    while True:
-        getting = asyncio.ensure_future(subscription.get())
-        # One turn of the loop: get() returns at once when it has something to give.
-        await asyncio.sleep(0)
-        if not getting.done():
-            getting.cancel()
-            return items
-        items.append(getting.result())
-        if items[-1] is None:
-            return items
+    while (item := subscription.take()) is not None:
+        items.append(item)
+    if subscription.overflowed:
+        items.append(None)
+    return items
+
+
+def subscribed(hub: Hub, account_id: str, order_id: str | None, limit: int) -> Subscription:
+    subscription = Subscription(hub, account_id, order_id, limit)
+    hub.add(subscription)
+    return subscription
 
 
 async def test_order_subscription_receives_its_orders_events() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, "o-1", limit=10)
+    subscription = subscribed(hub, ACCOUNT, "o-1", limit=10)
 
     hub.publish(event("o-1", 1))
     hub.publish(event("o-1", 2))
 
-    assert await pending(subscription) == [event("o-1", 1), event("o-1", 2)]
+    assert pending(subscription) == [event("o-1", 1), event("o-1", 2)]
 
 
 async def test_order_subscription_leaves_out_other_orders_and_accounts() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, "o-1", limit=10)
+    subscription = subscribed(hub, ACCOUNT, "o-1", limit=10)
 
     hub.publish(event("o-2"))
     hub.publish(event("o-1", account_id=OTHER_ACCOUNT))
 
-    assert await pending(subscription) == []
+    assert pending(subscription) == []
 
 
 async def test_account_subscription_receives_every_order_of_its_account() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, None, limit=10)
+    subscription = subscribed(hub, ACCOUNT, None, limit=10)
 
     hub.publish(event("o-1"))
     hub.publish(event("o-2"))
     hub.publish(event("o-1", account_id=OTHER_ACCOUNT))
 
-    assert await pending(subscription) == [event("o-1"), event("o-2")]
+    assert pending(subscription) == [event("o-1"), event("o-2")]
 
 
 async def test_event_reaches_both_the_order_and_the_account_subscription() -> None:
     hub = Hub()
-    by_order = hub.subscribe(ACCOUNT, "o-1", limit=10)
-    by_account = hub.subscribe(ACCOUNT, None, limit=10)
+    by_order = subscribed(hub, ACCOUNT, "o-1", limit=10)
+    by_account = subscribed(hub, ACCOUNT, None, limit=10)
 
     hub.publish(event("o-1"))
 
-    assert (await pending(by_order), await pending(by_account)) == ([event("o-1")], [event("o-1")])
-
-
-async def test_waiting_get_wakes_up_on_publish() -> None:
-    hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, "o-1", limit=10)
-    waiting = asyncio.ensure_future(subscription.get())
-    await asyncio.sleep(0)
-
-    hub.publish(event("o-1"))
-
-    async with asyncio.timeout(1):
-        assert await waiting == event("o-1")
+    assert (pending(by_order), pending(by_account)) == ([event("o-1")], [event("o-1")])
 
 
 async def test_overflow_ends_the_subscription_and_drops_what_it_buffered() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, "o-1", limit=3)
+    subscription = subscribed(hub, ACCOUNT, "o-1", limit=3)
 
     for version in range(1, 5):
         hub.publish(event("o-1", version))
 
-    assert await pending(subscription) == [None]
+    assert pending(subscription) == [None]
 
 
 async def test_overflowed_subscription_takes_nothing_more() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, "o-1", limit=1)
+    subscription = subscribed(hub, ACCOUNT, "o-1", limit=1)
     hub.publish(event("o-1", 1))
     hub.publish(event("o-1", 2))
 
     hub.publish(event("o-1", 3))
 
-    assert [await subscription.get(), await subscription.get()] == [None, None]
+    assert [subscription.take(), subscription.take()] == [None, None]
+    assert subscription.overflowed
 
 
 async def test_buffer_up_to_its_limit_does_not_overflow() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, "o-1", limit=3)
+    subscription = subscribed(hub, ACCOUNT, "o-1", limit=3)
 
     for version in range(1, 4):
         hub.publish(event("o-1", version))
 
-    assert await pending(subscription) == [event("o-1", v) for v in range(1, 4)]
+    assert pending(subscription) == [event("o-1", v) for v in range(1, 4)]
 
 
 async def test_overflow_of_one_subscription_leaves_the_others_alone() -> None:
     hub = Hub()
-    small = hub.subscribe(ACCOUNT, "o-1", limit=1)
-    large = hub.subscribe(ACCOUNT, "o-1", limit=10)
+    small = subscribed(hub, ACCOUNT, "o-1", limit=1)
+    large = subscribed(hub, ACCOUNT, "o-1", limit=10)
 
     hub.publish(event("o-1", 1))
     hub.publish(event("o-1", 2))
 
-    assert (await pending(small), await pending(large)) == (
+    assert (pending(small), pending(large)) == (
         [None],
         [event("o-1", 1), event("o-1", 2)],
     )
@@ -150,21 +139,21 @@ async def test_overflow_of_one_subscription_leaves_the_others_alone() -> None:
 async def test_resync_reaches_every_subscription() -> None:
     hub = Hub()
     subscriptions = [
-        hub.subscribe(ACCOUNT, "o-1", limit=10),
-        hub.subscribe(ACCOUNT, "o-2", limit=10),
-        hub.subscribe(ACCOUNT, None, limit=10),
-        hub.subscribe(OTHER_ACCOUNT, None, limit=10),
+        subscribed(hub, ACCOUNT, "o-1", limit=10),
+        subscribed(hub, ACCOUNT, "o-2", limit=10),
+        subscribed(hub, ACCOUNT, None, limit=10),
+        subscribed(hub, OTHER_ACCOUNT, None, limit=10),
     ]
 
     hub.resync_all()
 
-    assert [await pending(s) for s in subscriptions] == [[RESYNC]] * 4
+    assert [pending(s) for s in subscriptions] == [[RESYNC]] * 4
 
 
 @pytest.mark.parametrize("order_id", ["o-1", None], ids=["order", "account"])
 async def test_closed_subscription_is_forgotten(order_id: str | None) -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, order_id, limit=10)
+    subscription = subscribed(hub, ACCOUNT, order_id, limit=10)
 
     subscription.close()
 
@@ -173,30 +162,30 @@ async def test_closed_subscription_is_forgotten(order_id: str | None) -> None:
 
 async def test_closed_subscription_receives_nothing() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, "o-1", limit=10)
+    subscription = subscribed(hub, ACCOUNT, "o-1", limit=10)
     subscription.close()
 
     hub.publish(event("o-1"))
     hub.resync_all()
 
-    assert await pending(subscription) == []
+    assert pending(subscription) == []
 
 
 async def test_closing_one_subscription_keeps_the_others_of_its_order() -> None:
     hub = Hub()
-    closing = hub.subscribe(ACCOUNT, "o-1", limit=10)
-    staying = hub.subscribe(ACCOUNT, "o-1", limit=10)
+    closing = subscribed(hub, ACCOUNT, "o-1", limit=10)
+    staying = subscribed(hub, ACCOUNT, "o-1", limit=10)
     closing.close()
 
     hub.publish(event("o-1"))
 
-    assert (hub.subscription_count, await pending(staying)) == (1, [event("o-1")])
+    assert (hub.subscription_count, pending(staying)) == (1, [event("o-1")])
 
 
 async def test_closing_twice_is_harmless() -> None:
     hub = Hub()
-    subscription = hub.subscribe(ACCOUNT, None, limit=10)
-    other = hub.subscribe(ACCOUNT, None, limit=10)
+    subscription = subscribed(hub, ACCOUNT, None, limit=10)
+    other = subscribed(hub, ACCOUNT, None, limit=10)
 
     subscription.close()
     subscription.close()
@@ -209,7 +198,7 @@ async def test_a_notification_nobody_here_watches_is_not_decoded() -> None:
     broker = PostgresBroker("postgres://nowhere.invalid/db")
     watched = event("o-1")
     ignored = event("o-2")
-    subscription = broker.hub.subscribe(ACCOUNT, "o-1", limit=10)
+    subscription = subscribed(broker.hub, ACCOUNT, "o-1", limit=10)
 
     decoded = [
         await broker._decode(encode_json(e.to_record()).decode()) for e in (watched, ignored)

@@ -143,14 +143,8 @@ class Pushed(Watcher):
     ) -> None:
         super().__init__(broker)
         self.inbox = Inbox()
-        start = live.check(reader(), ACCOUNT, order_id, after)
-        self.feed_ = live.Feed(
-            broker,
-            ACCOUNT,
-            order_id,
-            None if start is None or after is None else (*start, after),
-            self.inbox,
-            buffer_size=buffer_size,
+        self.feed_ = live.watch(
+            reader(), broker, ACCOUNT, order_id, after, self.inbox, buffer_size=buffer_size
         )
         self.feed_.start()
 

@@ -129,15 +129,15 @@ class Subscription:
         ] = None,
     ) -> AsyncIterator[OrderStatusEvent]:
         context = info.context
-        start = live.check(context.require_principal(), account_id, order_id, after)
         # The feed's receiver is a handoff this generator takes from, one event at a time:
         # while the client is slow to read, the feed's buffer fills as on the compiled route.
         handoff = live.Handoff()
-        feed = live.Feed(
+        feed = live.watch(
+            context.require_principal(),
             context.broker,
             account_id,
             order_id,
-            None if start is None or after is None else (*start, after),
+            after,
             handoff,
             buffer_size=context.settings.subscription_buffer,
         )

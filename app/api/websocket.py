@@ -238,20 +238,19 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
             arguments.get("order_id"),
             arguments.get("after"),
         )
+        operation = LiveOperation(self, message["id"], plan)
         try:
-            principal = self.context.require_principal()
-            start = live.check(principal, account_id, order_id, after)
+            operation.feed = live.watch(
+                self.context.require_principal(),
+                self.context.broker,
+                account_id,
+                order_id,
+                after,
+                operation,
+                buffer_size=self.context.settings.subscription_buffer,
+            )
         except Exception:
             return None  # the ordinary route reports it exactly as it always does
-        operation = LiveOperation(self, message["id"], plan)
-        operation.feed = live.Feed(
-            self.context.broker,
-            account_id,
-            order_id,
-            None if start is None or after is None else (*start, after),
-            operation,
-            buffer_size=self.context.settings.subscription_buffer,
-        )
         return operation
 
     async def cleanup_operation(self, operation_id: str) -> None:
