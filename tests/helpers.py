@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.models import OrderEvent, OrderStream
@@ -9,6 +13,9 @@ from app.models import OrderEvent, OrderStream
 ACCOUNT = "T12345678"
 OTHER_ACCOUNT = "T87654321"
 ORDER = "order-1"
+# How long a test waits for something that must happen by itself before it fails: far above
+# what it takes on a loaded machine, so that reaching it means "never".
+WAIT = 30.0
 
 EVENT_FIELDS = """
     id eventType accountId orderId state service serviceStatus description metadata
@@ -116,3 +123,21 @@ def bad_fields(body: dict[str, Any]) -> list[str]:
 async def stored_rows() -> tuple[int, int]:
     """(events, order streams) in the database."""
     return await OrderEvent.all().count(), await OrderStream.all().count()
+
+
+async def eventually(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, *, within: float = WAIT
+) -> None:
+    """Waits until ``condition`` (a function, or a coroutine function) holds, checking it
+    every few milliseconds; fails naming ``what`` if it still does not after ``within``
+    seconds. For what a test cannot be told of, such as a line in another process's log."""
+    deadline = time.monotonic() + within
+    while True:
+        holds = condition()
+        if inspect.isawaitable(holds):
+            holds = await holds
+        if holds:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {within} s")
+        await asyncio.sleep(0.01)

@@ -64,11 +64,13 @@ async def test_a_document_over_the_token_limit_is_refused(client_with: ClientWit
 
 
 async def test_an_enormous_document_is_refused_quickly(client: Any) -> None:
-    started = time.perf_counter()
+    # CPU time of this process, where the request runs: the work the refusal takes, without
+    # the waits for a core that a busy machine adds to the wall clock.
+    started = time.process_time()
     body = await client.execute(typenames(20_000))
 
     assert "tokens" in message(body)
-    assert time.perf_counter() - started < 1
+    assert time.process_time() - started < 1
 
 
 async def test_comments_are_limited_like_tokens(client_with: ClientWith) -> None:
@@ -219,12 +221,12 @@ async def test_a_fragment_bomb_is_refused_quickly(client: Any) -> None:
     # Each fragment spreads the next one twice: 2^30 spreads if followed one by one.
     fragments = " ".join(f"fragment F{i} on Query {{ ...F{i + 1} ...F{i + 1} }}" for i in range(30))
     query = f"{{ ...F0 }} {fragments} fragment F30 on Query {{ __typename }}"
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time, as above
 
     body = await client.execute(query)
 
     assert "may resolve up to 1073741824 fields" in message(body)
-    assert time.perf_counter() - started < 2
+    assert time.process_time() - started < 2
 
 
 # Batches and list sizes.

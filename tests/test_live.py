@@ -31,7 +31,7 @@ from app.models import OrderEvent
 from app.records import StoredEvent
 from app.settings import Settings
 from tests.conftest import GraphQLClient
-from tests.helpers import ACCOUNT, ORDER, created
+from tests.helpers import ACCOUNT, ORDER, created, eventually
 from tests.live import SUBSCRIBE, watching
 
 WAIT = 2.0
@@ -307,6 +307,12 @@ async def settled() -> None:
         await asyncio.sleep(0)
 
 
+async def caught_up(watcher: Any) -> None:
+    """Waits until the feed has read the table from its cursor on and is idle. Loop turns
+    are not enough: on PostgreSQL the read is a round trip to the server."""
+    await eventually(lambda: watcher.feed_._task is None, "the feed catching up")
+
+
 # Every event once, in order, whatever the hub does ---------------------------------------------
 
 
@@ -527,7 +533,7 @@ async def test_a_send_that_must_wait_keeps_later_events_in_order(
 ) -> None:
     e = await store(client, ORDER)
     watcher = await pushed(ORDER, after=e[0].cursor)
-    await settled()
+    await caught_up(watcher)
 
     watcher.hold()
     e += await store(client, ORDER, ORDER, ORDER)
@@ -546,7 +552,7 @@ async def test_a_send_that_fails_at_once_ends_the_feed_with_its_error(
 ) -> None:
     e = await store(client, ORDER)
     watcher = await pushed(ORDER, after=e[0].cursor)
-    await settled()
+    await caught_up(watcher)
 
     async def refuse(event: StoredEvent) -> None:
         raise ConnectionResetError("socket gone")
@@ -565,7 +571,7 @@ async def test_a_feed_closed_while_a_send_waits_delivers_nothing_more(
 ) -> None:
     e = await store(client, ORDER)
     watcher = await pushed(ORDER, after=e[0].cursor)
-    await settled()
+    await caught_up(watcher)
     watcher.hold()
     e += await store(client, ORDER, ORDER)
     watcher.feed(e[1], e[2])  # the first send waits, the second is buffered

@@ -25,7 +25,7 @@ from websockets.exceptions import InvalidStatus
 from app.auth import LocalIssuer
 from app.settings import Settings
 from tests.conftest import GraphQLClient, Mint
-from tests.helpers import ACCOUNT, ORDER, OTHER_ACCOUNT, create, created, timeline
+from tests.helpers import ACCOUNT, ORDER, OTHER_ACCOUNT, WAIT, create, created, timeline
 from tests.live import (
     ERROR_CODES,
     SUBSCRIBE,
@@ -230,12 +230,13 @@ async def test_without_after_the_subscription_starts_at_the_head(
 
     async with subscriber(server, mint()) as ws:
         op = await ws.subscribe(SUBSCRIBE, watching())
-        # When the server reads the head is not visible to a client: keep writing for a
-        # while; whatever arrives first must be newer than what was stored before.
-        for _ in range(10):
+        # When the server reads the head is not visible to a client: keep writing until an
+        # event arrives; whatever arrives first must be newer than what was stored before.
+        arriving = asyncio.ensure_future(ws.events(op, 1, timeout=WAIT))
+        while not arriving.done():
             await created(api)
-            await asyncio.sleep(0.05)
-        first = received(await ws.events(op, 1))[0]
+            await asyncio.wait((arriving,), timeout=0.05)
+        first = received(arriving.result())[0]
 
     assert first["version"] > 2
 

@@ -12,13 +12,19 @@ from app.timers import Deadlines, deadlines
 WAIT = 5.0
 
 
-async def test_deadlines_run_in_the_order_they_fall_due() -> None:
-    deadlines = Deadlines(asyncio.get_running_loop())
+async def test_deadlines_run_in_the_order_they_fall_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(loop)
     ran: list[float] = []
-    last = asyncio.get_running_loop().create_future()
-    for delay in (0.03, 0.01, 0.02):
-        deadlines.call_later(delay, lambda delay=delay: ran.append(delay))
-    deadlines.call_later(0.04, lambda: last.set_result(None))
+    last = loop.create_future()
+    # Set at one instant: a pause between two calls (the process descheduled on a busy
+    # machine) would otherwise shift a deadline past the next one.
+    with monkeypatch.context() as frozen:
+        now = loop.time()
+        frozen.setattr(loop, "time", lambda: now)
+        for delay in (0.03, 0.01, 0.02):
+            deadlines.call_later(delay, lambda delay=delay: ran.append(delay))
+        deadlines.call_later(0.04, lambda: last.set_result(None))
 
     await asyncio.wait_for(last, WAIT)
 

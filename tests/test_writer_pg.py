@@ -34,6 +34,7 @@ from app.records import (
 from app.settings import Settings
 from app.writer import EventWriter, _one_statement
 from tests.conftest import _asyncpg_url, _empty_tables
+from tests.helpers import eventually
 
 ACCOUNT = "T12345678"
 OTHER_ACCOUNT = "T87654321"
@@ -81,10 +82,7 @@ async def notifications(database_url: str, tables: None) -> AsyncIterator[list[s
 
 
 async def arrived(received: list[str], count: int) -> list[str]:
-    for _ in range(200):
-        if len(received) >= count:
-            break
-        await asyncio.sleep(0.01)
+    await eventually(lambda: len(received) >= count, f"{count} notifications")
     return received
 
 
