@@ -176,13 +176,10 @@ class EventPage:
     end_cursor: str | None
 
 
-def links(event: StoredEvent, public_url: str) -> list[Link]:
-    """Where the event's order stream lives in Dintero's REST shape."""
-    order_path = quote(event.order_id, safe="")
-    href = (
-        f"{public_url.rstrip('/')}/v1/accounts/{event.account_id}"
-        f"/shopping/orders/{order_path}/events"
-    )
+def links(account_id: str, order_id: str, public_url: str) -> list[Link]:
+    """Where an order's event stream lives in Dintero's REST shape."""
+    order_path = quote(order_id, safe="")
+    href = f"{public_url.rstrip('/')}/v1/accounts/{account_id}/shopping/orders/{order_path}/events"
     return [Link(href=href, rel="events")]
 
 

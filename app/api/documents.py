@@ -395,8 +395,16 @@ def _selected(
     if selection.name.value == "__typename":
         return key, None
     field = type_.fields.get(selection.name.value)
-    if field is None or field.extensions[_DEFINITION].base_resolver is not None:
-        raise _Uncompiled  # a resolver of its own: the ordinary route calls it
+    if field is None:
+        raise _Uncompiled
+    resolver = field.extensions[_DEFINITION].base_resolver
+    if resolver is not None and (
+        resolver.arguments
+        or resolver.info_parameter is not None
+        or resolver.root_parameter is not None
+        or resolver.is_async
+    ):
+        raise _Uncompiled  # a resolver that wants more than its object: the ordinary route's
     return key, field
 
 
@@ -405,6 +413,9 @@ def _object_completion(type_: GraphQLObjectType, selection_set: SelectionSetNode
     names: list[str] = []  # the attributes read, for the keys in ``read``
     read: list[str] = []
     completions: list[tuple[str, Serializer]] = []
+    # Fields worked out by a method of the object (a resolver that takes only the object),
+    # and ``__typename``: put in the selection's order by a template.
+    computed: list[tuple[str, Serializer]] = []
     constants: dict[str, str] = {}
     for selection in selection_set.selections:
         key, field = _selected(type_, selection)
@@ -415,28 +426,41 @@ def _object_completion(type_: GraphQLObjectType, selection_set: SelectionSetNode
             constants[key] = type_.name
             continue
         complete = _completion(field.type, cast(FieldNode, selection).selection_set)
-        names.append(field.extensions[_DEFINITION].python_name)
+        definition = field.extensions[_DEFINITION]
+        if definition.base_resolver is not None:
+            computed.append((key, _computed(definition.base_resolver, complete)))
+            continue
+        names.append(definition.python_name)
         read.append(key)
         if complete is not None:
             completions.append((key, complete))
     read_all = _attributes(names)
     template = dict.fromkeys(keys)
     template.update(constants)
+    ordered = bool(constants or computed)
 
     def complete_object(value: Any) -> Any:
         if value is None:
             return None
         # One C call reads every attribute, one makes the dictionary in selection order.
-        if constants:
+        if ordered:
             result = template.copy()
             result.update(zip(read, read_all(value), strict=False))
         else:
             result = dict(zip(read, read_all(value), strict=False))
         for key, complete in completions:
             result[key] = complete(result[key])
+        for key, compute in computed:
+            result[key] = compute(value)
         return result
 
     return complete_object
+
+
+def _computed(resolver: Callable[[Any], Any], complete: Serializer | None) -> Serializer:
+    if complete is None:
+        return resolver
+    return lambda value: complete(resolver(value))
 
 
 async def execute(plan: Plan, compiler: Compiler, context: Context, variables: Any) -> Any:

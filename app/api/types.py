@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import datetime
 from functools import partial
 from operator import attrgetter
@@ -104,37 +105,41 @@ class OrderStatusEvent:
             "stream, 1 for the first event, then 2, 3, ... without gaps."
         )
     )
-    links: list[Link] = strawberry.field(description="Links related to the event.")
-    cursor: str = strawberry.field(
+    # What the computed fields are worked out from, when they are asked for.
+    stored: strawberry.Private[StoredEvent]
+    public_url: strawberry.Private[str]
+
+    @strawberry.field(description="Links related to the event.")
+    def links(self) -> list[Link]:
+        return _links(self.stored.account_id, self.stored.order_id, self.public_url)
+
+    @strawberry.field(
         description=(
             "Opaque position of this event; pass it as `after` to read or watch what came after it."
         )
     )
+    def cursor(self) -> str:
+        return self.stored.cursor
 
     @classmethod
     def from_event(cls, event: StoredEvent, public_url: str) -> OrderStatusEvent:
         """The API's view of a stored event: its same-named fields as they are (an ID is a
-        str, JSON any value), its cursor and its links. Made once per event (``app.memo``);
-        Strawberry only reads it."""
-        return _views.get(event, partial(_view, public_url=public_url), public_url)
+        str, JSON any value); links and cursor are worked out when asked for."""
+        # Filled in one go rather than through the dataclass's __init__: a page makes one per
+        # event, and every field is given here as __init__ would insist.
+        made = object.__new__(cls)
+        vars(made).update(
+            zip(_COPIED_FIELDS, _read_copied(event), strict=True),
+            stored=event,
+            public_url=public_url,
+        )
+        return made
 
 
-def _view(
-    event: StoredEvent, public_url: str, shared_links: list[Link] | None = None
-) -> OrderStatusEvent:
-    # Filled in one go rather than through the dataclass's __init__: a page makes one per
-    # event, and every field is given here as __init__ would insist.
-    made = object.__new__(OrderStatusEvent)
-    vars(made).update(
-        zip(_COPIED_FIELDS, _read_copied(event), strict=True),
-        links=shared_links if shared_links is not None else _links(event, public_url),
-        cursor=event.cursor,
-    )
-    return made
-
-
-def _links(event: StoredEvent, public_url: str) -> list[Link]:
-    return [Link(href=link.href, rel=link.rel) for link in links(event, public_url)]
+@functools.lru_cache(maxsize=4096)
+def _links(account_id: str, order_id: str, public_url: str) -> list[Link]:
+    """An order's links (the same for all its events), made once per order."""
+    return [Link(href=link.href, rel=link.rel) for link in links(account_id, order_id, public_url)]
 
 
 # OrderStatusEvent's fields that StoredEvent has too.
@@ -142,15 +147,12 @@ _COPIED_FIELDS: Final = tuple(
     field.name for field in dataclasses.fields(OrderStatusEvent) if field.name in FIELD_NAMES
 )
 _read_copied: Final = attrgetter(*_COPIED_FIELDS)
-_views: ByIdentity[OrderStatusEvent] = ByIdentity(10_000)
+# A page read again from the page cache is the same list of the same events.
 _pages: ByIdentity[list[OrderStatusEvent]] = ByIdentity(1_000)
 
 
 def _page_views(events: list[StoredEvent], public_url: str) -> list[OrderStatusEvent]:
-    # A page is one order's: its events share their links.
-    shared = _links(events[0], public_url) if events else None
-    view = partial(_view, public_url=public_url, shared_links=shared)
-    return [_views.get(event, view, public_url) for event in events]
+    return [OrderStatusEvent.from_event(event, public_url) for event in events]
 
 
 @strawberry.type(description="Where a page of results ends.")
@@ -175,7 +177,6 @@ class OrderEventCollection:
     @classmethod
     def from_page(cls, page: EventPage, public_url: str) -> OrderEventCollection:
         return cls(
-            # A page read again from the page cache is the same list of the same events.
             events=_pages.get(page.events, partial(_page_views, public_url=public_url), public_url),
             state=page.state,
             page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
