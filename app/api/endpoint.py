@@ -101,7 +101,8 @@ class Endpoint:
     async def _answer(self, request: Request, request_id: str) -> Reply | Response:
         view = self.view
         context = view.new_context(request, None, request_id)
-        header = request.headers.get("authorization")
+        headers = _read_headers(request.scope)
+        header = headers.get(b"authorization")
         if header is not None:
             await authenticate(context, header, view.validator)
         request.state.principal = context.principal
@@ -118,7 +119,7 @@ class Endpoint:
                 wait = str(max(1, math.ceil(error.retry_after)))
                 return _refusal(error, 429, headers=[("retry-after", wait)])
         try:
-            operation = await _operation(request)
+            operation = await _operation(request, headers)
         except HTTPException as error:
             request.state.error_codes = ["BAD_USER_INPUT"]
             return _request_error(error.reason, error.status_code)
@@ -129,11 +130,13 @@ class Endpoint:
                 request.state.operation = plan.name
                 result = await documents.execute(plan, self.compiler, context, variables)
                 if result is not None:
-                    return self._reply(request, result, request_id)
+                    return self._reply(request, result, request_id, headers)
         return await self._view(request, context)
 
-    def _reply(self, request: Request, result: ExecutionResult, request_id: str) -> Reply:
-        media_type = negotiate(request.headers.get("accept", ""))
+    def _reply(
+        self, request: Request, result: ExecutionResult, request_id: str, headers: _Headers
+    ) -> Reply:
+        media_type = negotiate(headers.get(b"accept", ""))
         shaped = shape_result(result, media_type, request_id)
         request.state.error_codes = shaped.codes
         body = encode_json(shaped.body)
@@ -155,12 +158,25 @@ class Endpoint:
             return _request_error("No GraphQL query found in the request", 400)
 
 
-async def _operation(request: Request) -> tuple[Any, Any, Any] | None:
+_Headers = dict[bytes, str]
+# The request headers the front door reads; the first of each counts, as Starlette reads it.
+_READ = frozenset({b"authorization", b"accept", b"content-type"})
+
+
+def _read_headers(scope: Scope) -> _Headers:
+    headers: _Headers = {}
+    for name, value in scope["headers"]:
+        if name in _READ and name not in headers:
+            headers[name] = value.decode("latin-1")
+    return headers
+
+
+async def _operation(request: Request, headers: _Headers) -> tuple[Any, Any, Any] | None:
     """The request's query, variables and operation name, when a plan may take them: None
     for anything else (a batch, extensions, a parameter twice, a stream asked for). Reads a
     POST's body within the size limit as strict JSON, and refuses what no route would take
     (``HTTPException``)."""
-    accept = request.headers.get("accept", "")
+    accept = headers.get(b"accept", "")
     # Streaming transports (server-sent events, multipart) are Strawberry's to negotiate.
     streaming = "text/event-stream" in accept or "multipart/" in accept
     if request.method == "GET":
@@ -177,7 +193,7 @@ async def _operation(request: Request) -> tuple[Any, Any, Any] | None:
     if request.method != "POST":
         return None
     # Compared as written, as Strawberry compares it.
-    media_type = (request.headers.get("content-type") or "").split(";")[0].strip()
+    media_type = headers.get(b"content-type", "").split(";")[0].strip()
     if media_type != JSON:
         raise HTTPException(415, "a GraphQL request is POSTed as Content-Type: application/json")
     try:
