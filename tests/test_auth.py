@@ -11,6 +11,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, RSAKey
+from joserfc.jws import JWSRegistry
 
 from app.auth import (
     KeySourceError,
@@ -64,8 +65,17 @@ def claims_for(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return {name: value for name, value in claims.items() if value is not None}
 
 
-def sign(claims: dict[str, Any], key: Key, alg: str = "RS256") -> str:
-    return jwt.encode({"alg": alg, "kid": key.kid}, claims, key, algorithms=[alg])
+def sign(claims: dict[str, Any], key: Key, alg: str = "RS256", typ: str = "at+jwt") -> str:
+    return jwt.encode({"alg": alg, "kid": key.kid, "typ": typ}, claims, key, algorithms=[alg])
+
+
+def sign_text(header: str, claims: str | bytes, key: Key, alg: str = "RS256") -> str:
+    """A token signed over the header and claims exactly as written, so that they may hold
+    what a JSON encoder never writes (a key twice, NaN, bytes that are not UTF-8)."""
+    payload = claims.encode() if isinstance(claims, str) else claims
+    signing_input = f"{b64(header.encode())}.{b64(payload)}"
+    signature = JWSRegistry(algorithms=[alg]).get_alg(alg).sign(signing_input.encode(), key)
+    return f"{signing_input}.{b64(signature)}"
 
 
 def b64(data: bytes) -> str:
@@ -73,6 +83,9 @@ def b64(data: bytes) -> str:
 
 
 def unsigned_segments(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    # Typed as an access token unless `header` says otherwise: what a test changes is then
+    # the one thing wrong with the token.
+    header = {"typ": "at+jwt", **header}
     return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
 
 
@@ -295,6 +308,163 @@ async def test_tampered_claims_are_rejected(issuer: LocalIssuer, validator: Toke
     assert await rejection(validator, f"{header}.{payload}.{signature}") == (
         "token signature is invalid"
     )
+
+
+# The JOSE header and the JSON of header and claims.
+
+
+def external_validator(tmp_path: Path, key: Key) -> TokenValidator:
+    return TokenValidator(remote_settings(tmp_path), FakeKeys(jwks_of(key)))
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+Jwt"])
+async def test_access_token_types_are_accepted(settings: Settings, typ: str) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+
+    principal = await validator.validate(sign(claims_for(settings), key, typ=typ))
+
+    assert principal.account_id == ACCOUNT
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "application/JWT", "at+jwt"])
+async def test_an_external_issuers_token_may_be_typed_jwt(tmp_path: Path, typ: str) -> None:
+    key = rsa_key()
+    validator = external_validator(tmp_path, key)
+    token = sign(claims_for(remote_settings(tmp_path)), key, typ=typ)
+
+    assert (await validator.validate(token)).account_id == ACCOUNT
+
+
+@pytest.mark.parametrize(
+    "typ", ["JWT", "JOSE", "id_token+jwt", "logout+jwt", "at+jwt ", "text/at+jwt", ""]
+)
+async def test_our_own_tokens_must_be_typed_at_jwt(settings: Settings, typ: str) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+
+    reason = await rejection(validator, sign(claims_for(settings), key, typ=typ))
+
+    assert reason == "token type (typ header) must be at+jwt"
+
+
+@pytest.mark.parametrize("typ", ["JOSE", "secevent+jwt", "dpop+jwt", "application/jose"])
+async def test_an_external_issuers_token_of_another_type_is_rejected(
+    tmp_path: Path, typ: str
+) -> None:
+    key = rsa_key()
+    validator = external_validator(tmp_path, key)
+    token = sign(claims_for(remote_settings(tmp_path)), key, typ=typ)
+
+    assert await rejection(validator, token) == "token type (typ header) must be at+jwt or JWT"
+
+
+@pytest.mark.parametrize("header", ['"typ": 5', '"typ": ["at+jwt"]', '"typ": null', ""])
+async def test_a_token_without_a_type_is_rejected(settings: Settings, header: str) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+    fields = f'"alg": "RS256", "kid": "{key.kid}"' + (f", {header}" if header else "")
+    token = sign_text(f"{{{fields}}}", json.dumps(claims_for(settings)), key)
+
+    assert await rejection(validator, token) == "token type (typ header) must be at+jwt"
+
+
+UNKNOWN_CRITICAL = "token header names critical extensions (crit) this server does not implement"
+
+
+@pytest.mark.parametrize(
+    ("crit", "reason"),
+    [
+        # RFC 7515 section 4.1.11: an empty list is not a valid crit.
+        ('"crit": []', "token crit header is invalid"),
+        ('"crit": "b64", "b64": true', "token crit header is invalid"),
+        ('"crit": ["b64"], "b64": true', UNKNOWN_CRITICAL),
+        ('"crit": ["kid"]', UNKNOWN_CRITICAL),
+        ('"crit": ["exp"], "exp": 1', UNKNOWN_CRITICAL),
+    ],
+)
+async def test_a_crit_header_is_rejected(settings: Settings, crit: str, reason: str) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+    header = f'{{"alg": "RS256", "kid": "{key.kid}", "typ": "at+jwt", {crit}}}'
+
+    token = sign_text(header, json.dumps(claims_for(settings)), key)
+
+    assert await rejection(validator, token) == reason
+
+
+def repeated(claims: dict[str, Any], name: str, value: Any) -> str:
+    """The claims as JSON, with `name` given a second time, as `value`."""
+    return json.dumps(claims)[:-1] + f", {json.dumps(name)}: {json.dumps(value)}}}"
+
+
+async def test_claims_that_repeat_a_key_are_rejected(settings: Settings) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+    header = f'{{"alg": "RS256", "kid": "{key.kid}", "typ": "at+jwt"}}'
+    # Read last-one-wins, this would be a token for this account's audience.
+    claims = claims_for(settings, aud="https://other.example/api")
+    token = sign_text(header, repeated(claims, "aud", f"{settings.audience_base}/{ACCOUNT}"), key)
+
+    assert await rejection(validator, token) == (
+        "token claims are not strict JSON: an object has the same key twice"
+    )
+
+
+async def test_a_header_that_repeats_a_key_is_rejected(settings: Settings) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+    header = f'{{"alg": "RS256", "kid": "{key.kid}", "typ": "JOSE", "typ": "at+jwt"}}'
+
+    token = sign_text(header, json.dumps(claims_for(settings)), key)
+
+    assert await rejection(validator, token) == (
+        "token header is not strict JSON: an object has the same key twice"
+    )
+
+
+@pytest.mark.parametrize(
+    ("claim", "reason"),
+    [
+        ('"tier": NaN', "NaN is not a JSON number"),
+        ('"cnf": {"jkt": "a", "jkt": "b"}', "an object has the same key twice"),
+        ('"ext": [1, {"a": 1, "a": 2}]', "an object has the same key twice"),
+    ],
+)
+async def test_claims_must_be_strict_json_wherever_they_nest(
+    settings: Settings, claim: str, reason: str
+) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+    header = f'{{"alg": "RS256", "kid": "{key.kid}", "typ": "at+jwt"}}'
+    claims = json.dumps(claims_for(settings))[:-1] + f", {claim}}}"
+
+    reason_given = await rejection(validator, sign_text(header, claims, key))
+
+    assert reason_given == f"token claims are not strict JSON: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        (b'["not", "an", "object"]', "token claims are not a JSON object"),
+        (b'"text"', "token claims are not a JSON object"),
+        (
+            b"{",
+            "token claims are not strict JSON: Expecting property name enclosed in double "
+            "quotes at line 1 column 2",
+        ),
+        (b'{"sub": "\xff"}', "token claims are not UTF-8"),
+    ],
+)
+async def test_claims_that_are_not_a_json_object_are_rejected(
+    settings: Settings, claims: bytes, reason: str
+) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+    header = f'{{"alg": "RS256", "kid": "{key.kid}", "typ": "at+jwt"}}'
+
+    assert await rejection(validator, sign_text(header, claims, key)) == reason
 
 
 # Key rotation.
