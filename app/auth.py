@@ -431,6 +431,8 @@ class RemoteKeys:
     Loaded once, then again when the cache ages out or a token names an unknown key, but never
     more often than jwks_min_refresh_seconds: a stream of tokens with made-up key ids must not
     turn into a stream of requests to the issuer. A failed load keeps the keys already known.
+    Callers that need keys while a load is in flight wait for that load, and all get its
+    outcome: the keys, or the key error when there are none.
     """
 
     def __init__(
@@ -445,27 +447,29 @@ class RemoteKeys:
         self._settings = settings
         self._transport = transport
         self._clock = clock
-        self._lock = asyncio.Lock()
         self._jwks: dict[str, Any] | None = None
         self._loaded_at = -math.inf
         self._attempted_at = -math.inf
+        self._loading: asyncio.Task[None] | None = None
 
     async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
-        if self._due(refresh):
-            async with self._lock:
-                # Tasks that queued here behind a load find it done and do not repeat it.
-                if self._due(refresh):
-                    await self._load()
+        if self._wanted(refresh):
+            if self._loading is None and self._may_load():
+                self._loading = asyncio.create_task(self._load())
+            if self._loading is not None:
+                # The load is everyone's: a caller that goes away (a closed connection
+                # cancels its request) must not cancel it for the others.
+                await asyncio.shield(self._loading)
         if self._jwks is None:
             raise KeySourceError("the issuer's keys are not available")
         return self._jwks
 
-    def _due(self, refresh: bool) -> bool:
-        now = self._clock()
-        if now - self._attempted_at < self._settings.jwks_min_refresh_seconds:
-            return False
-        aged_out = now - self._loaded_at >= self._settings.jwks_cache_seconds
+    def _wanted(self, refresh: bool) -> bool:
+        aged_out = self._clock() - self._loaded_at >= self._settings.jwks_cache_seconds
         return refresh or self._jwks is None or aged_out
+
+    def _may_load(self) -> bool:
+        return self._clock() - self._attempted_at >= self._settings.jwks_min_refresh_seconds
 
     async def _load(self) -> None:
         self._attempted_at = self._clock()
@@ -477,9 +481,11 @@ class RemoteKeys:
             _import_key_set(jwks)
         except (httpx.HTTPError, OSError, ValueError, KeySourceError) as exc:
             logger.warning("could not load the issuer's keys from %s: %s", source, exc)
-            return
-        self._jwks = jwks
-        self._loaded_at = self._attempted_at
+        else:
+            self._jwks = jwks
+            self._loaded_at = self._attempted_at
+        finally:
+            self._loading = None
 
     async def _fetch(self) -> object:
         assert self._settings.jwks_url is not None

@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -609,6 +610,118 @@ async def test_unreachable_issuer_without_known_keys_is_a_key_source_error(
 
     with pytest.raises(KeySourceError):
         await keys.get_jwks()
+
+
+class SlowJwksServer(JwksServer):
+    """A JWKS endpoint that answers only once the test says so."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        super().__init__(jwks)
+        self.answer = asyncio.Event()
+
+    async def handle_slowly(self, request: httpx.Request) -> httpx.Response:
+        await self.answer.wait()
+        return self.handle(request)
+
+
+def slow_remote(tmp_path: Path, server: SlowJwksServer, clock: Clock) -> RemoteKeys:
+    transport = httpx.MockTransport(server.handle_slowly)
+    return RemoteKeys(remote_settings(tmp_path), transport=transport, clock=clock)
+
+
+class Arrivals:
+    """A key source around another that notes when `expected` callers have asked it."""
+
+    def __init__(self, keys: RemoteKeys, expected: int) -> None:
+        self.keys = keys
+        self.expected = expected
+        self.asked = 0
+        self.all_asked = asyncio.Event()
+
+    async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        self.asked += 1
+        if self.asked == self.expected:
+            self.all_asked.set()
+        return await self.keys.get_jwks(refresh=refresh)
+
+
+async def outcomes(tasks: list[asyncio.Task[Any]]) -> list[Any]:
+    """Each task's result, or the name of what it raised; a task still waiting after ten
+    seconds fails the test rather than hanging it."""
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    return [
+        type(result).__name__ if isinstance(result, BaseException) else result for result in results
+    ]
+
+
+async def test_validations_during_the_first_key_load_wait_for_it(tmp_path: Path) -> None:
+    key, settings = rsa_key(), remote_settings(tmp_path)
+    server, clock = SlowJwksServer(jwks_of(key)), Clock()
+    keys = Arrivals(slow_remote(tmp_path, server, clock), expected=50)
+    validator = TokenValidator(settings, keys)
+    tokens = [sign(claims_for(settings, sub=f"device-{n}"), key) for n in range(50)]
+
+    # Right after a start: every request asks for keys while the first load is in flight.
+    validations = [asyncio.create_task(validator.validate(token)) for token in tokens]
+    await asyncio.wait_for(keys.all_asked.wait(), 10)
+    server.answer.set()
+
+    subjects = [getattr(outcome, "subject", outcome) for outcome in await outcomes(validations)]
+    assert subjects == [f"device-{n}" for n in range(50)]
+    assert server.requests == 1
+
+
+async def test_a_failed_load_answers_every_waiter_then_retries_after_the_backoff(
+    tmp_path: Path,
+) -> None:
+    server, clock = SlowJwksServer(jwks_of(rsa_key())), Clock()
+    server.failing = True
+    keys = Arrivals(slow_remote(tmp_path, server, clock), expected=20)
+    callers = [asyncio.create_task(keys.get_jwks()) for _ in range(20)]
+    await asyncio.wait_for(keys.all_asked.wait(), 10)
+    server.answer.set()
+
+    assert await outcomes(callers) == ["KeySourceError"] * 20
+    clock.now += 29
+    with pytest.raises(KeySourceError):
+        await keys.get_jwks()
+    assert server.requests == 1
+    server.failing = False
+    clock.now += 1
+    assert (await keys.get_jwks(), server.requests) == (server.jwks, 2)
+
+
+async def test_a_caller_that_goes_away_leaves_the_load_to_the_others(tmp_path: Path) -> None:
+    server, clock = SlowJwksServer(jwks_of(rsa_key())), Clock()
+    keys = Arrivals(slow_remote(tmp_path, server, clock), expected=2)
+    first = asyncio.create_task(keys.get_jwks())
+    second = asyncio.create_task(keys.get_jwks())
+    await asyncio.wait_for(keys.all_asked.wait(), 10)
+
+    first.cancel()
+    server.answer.set()
+
+    assert await outcomes([first, second]) == ["CancelledError", server.jwks]
+    assert server.requests == 1
+
+
+async def test_a_refresh_in_flight_answers_later_refreshes_too(tmp_path: Path) -> None:
+    server, clock = SlowJwksServer(jwks_of(rsa_key("old"))), Clock()
+    keys = slow_remote(tmp_path, server, clock)
+    server.answer.set()
+    old = await keys.get_jwks()
+    server.answer.clear()
+    server.jwks = jwks_of(rsa_key("old"), rsa_key("new"))
+    clock.now += 30
+
+    # Two tokens naming the new key: the second must not be refused with the old keys.
+    refreshes = [asyncio.create_task(keys.get_jwks(refresh=True)) for _ in range(2)]
+    # A caller that needs no load meanwhile is not held up by it.
+    unhurried = await asyncio.wait_for(keys.get_jwks(), 10)
+    server.answer.set()
+
+    assert (unhurried, await outcomes(refreshes)) == (old, [server.jwks, server.jwks])
+    assert server.requests == 2
 
 
 # LocalIssuer.
