@@ -20,6 +20,7 @@ and jti in every token, and decodes without an explicit algorithm list.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import json
@@ -37,9 +38,8 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import httpx
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import (
-    BadSignatureError,
     ExpiredTokenError,
     InvalidClaimError,
     InvalidKeyCurveError,
@@ -55,6 +55,7 @@ from joserfc.jwk import ECKey, KeySet, KeySetSerialization
 from joserfc.jws import JWSRegistry
 from joserfc.jwt import JWTClaimsRegistry
 
+from app.api.body import InvalidJSON, decode_json
 from app.settings import Settings, SettingsError
 
 # \Z rather than $: `$` also matches before a trailing newline. [0-9] rather than \d: \d also
@@ -71,6 +72,11 @@ ANY_SEGMENT = "ANY"
 # tens to hundreds of milliseconds), its signatures are 64 bytes instead of 256, and ES256 is
 # in the default algorithm list.
 LOCAL_ALGORITHM = "ES256"
+
+# The JOSE `typ` of an access token (RFC 9068). Many issuers type their access tokens with the
+# generic `JWT` (RFC 7519) instead: accepted from an external issuer, never from this server.
+ACCESS_JWT_TYPE = "at+jwt"
+GENERIC_JWT_TYPE = "JWT"
 
 # How many verified tokens to remember (a few hundred bytes each).
 VERIFIED_TOKENS_KEPT = 10_000
@@ -157,9 +163,21 @@ class KeySource(Protocol):
 
 
 class TokenValidator:
+    """Turns a bearer token into the `Principal` it speaks for, or raises `TokenError`.
+
+    Beyond signature and claims, the JOSE header must type the token `at+jwt` (RFC 9068); an
+    external issuer's token may be typed `JWT` instead. Types compare case-insensitively, with
+    or without the `application/` prefix (RFC 7515 section 4.1.9). A `crit` header is refused:
+    this server implements no header extension. Header and claims are read as strict JSON, as
+    the request body is: a key given twice is refused, not read last-one-wins.
+    """
+
     def __init__(self, settings: Settings, keys: KeySource) -> None:
         self._settings = settings
         self._keys = keys
+        types = [ACCESS_JWT_TYPE] if settings.local_issuer else [ACCESS_JWT_TYPE, GENERIC_JWT_TYPE]
+        self._types = frozenset(name.lower() for name in types)
+        self._type_error = f"token type (typ header) must be {' or '.join(types)}"
         # An explicit list: the token's own `alg` header is never trusted on its own, which is
         # what stops `alg: none` and HS256-signed-with-the-public-key tokens.
         self._registry = JWSRegistry(algorithms=list(settings.token_algorithms))
@@ -192,13 +210,15 @@ class TokenValidator:
         return principal
 
     async def _verify(self, token: str) -> Principal:
+        signed = self._extract(token)
+        self._check_header(token)
         try:
-            decoded = self._decode(token, await self._current_keys(refresh=False))
+            self._check_signature(signed, await self._current_keys(refresh=False))
         except _UnknownKeyError:
             # The issuer may have rotated its keys since they were loaded; the key source
             # decides how often it really goes back to the issuer.
-            decoded = self._decode(token, await self._current_keys(refresh=True))
-        claims = decoded.claims
+            self._check_signature(signed, await self._current_keys(refresh=True))
+        claims = _json_object(signed.payload, "token claims are")
         self._check_claims(claims)
         subject = claims["sub"]
         if len(subject) > MAX_SUBJECT_LENGTH:
@@ -219,15 +239,39 @@ class TokenValidator:
             self._jwks = jwks
         return self._key_set
 
-    def _decode(self, token: str, keys: KeySet) -> jwt.Token:
+    def _extract(self, token: str) -> jws.CompactSignature:
+        """The token's parts, its signature not yet checked."""
         try:
-            return jwt.decode(token, keys, registry=self._registry)
+            return jws.extract_compact(token.encode(), registry=self._registry)
+        except (JoseError, ValueError):
+            raise TokenError("token is malformed") from None
+
+    def _check_header(self, token: str) -> None:
+        # joserfc keeps the header it parsed (last key wins), not its text: read the text
+        # again, strictly. Extraction has checked that it is three base64url segments.
+        segment = token.partition(".")[0]
+        text = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        header = _json_object(text, "token header is")
+        typ = header.get("typ")
+        if not isinstance(typ, str) or typ.lower().removeprefix("application/") not in self._types:
+            raise TokenError(self._type_error)
+        if "crit" in header:
+            crit = header["crit"]
+            # RFC 7515 section 4.1.11: a non-empty list of names.
+            if not isinstance(crit, list) or not crit:
+                raise TokenError("token crit header is invalid")
+            raise TokenError(
+                "token header names critical extensions (crit) this server does not implement"
+            )
+
+    def _check_signature(self, signed: jws.CompactSignature, keys: KeySet) -> None:
+        try:
+            valid = jws.validate_compact(signed, keys, registry=self._registry)
         except InvalidKeyIdError:
             raise _UnknownKeyError() from None
         except UnsupportedAlgorithmError:
             raise TokenError("token algorithm is not accepted") from None
         except (
-            BadSignatureError,
             InvalidKeyTypeError,
             InvalidKeyCurveError,
             UnsupportedKeyUseError,
@@ -236,6 +280,8 @@ class TokenValidator:
             raise TokenError("token signature is invalid") from None
         except (JoseError, ValueError):
             raise TokenError("token is malformed") from None
+        if not valid:
+            raise TokenError("token signature is invalid")
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         try:
@@ -260,6 +306,20 @@ class TokenValidator:
         if len(ours) != 1 or not ACCOUNT_ID_PATTERN.match(ours[0]):
             raise TokenError("token audience does not name an account of this API")
         return ours[0]
+
+
+def _json_object(data: bytes, subject: str) -> dict[str, Any]:
+    """A token's header or claims as a JSON object, read by the request body's strict reader
+    (`subject` begins the reason: "token claims are")."""
+    try:
+        value = decode_json(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise TokenError(f"{subject} not UTF-8") from None
+    except InvalidJSON as error:
+        raise TokenError(f"{subject} not strict JSON: {error.reason}") from None
+    if not isinstance(value, dict):
+        raise TokenError(f"{subject} not a JSON object")
+    return value
 
 
 def _scopes(claim: object) -> frozenset[str]:
@@ -333,7 +393,7 @@ class LocalIssuer:
             "jti": str(uuid.uuid4()),
             "client_id": subject,
         }
-        header = {"alg": LOCAL_ALGORITHM, "kid": self._key.kid, "typ": "at+jwt"}
+        header = {"alg": LOCAL_ALGORITHM, "kid": self._key.kid, "typ": ACCESS_JWT_TYPE}
         return jwt.encode(header, claims, self._key, algorithms=[LOCAL_ALGORITHM])
 
 
@@ -371,6 +431,8 @@ class RemoteKeys:
     Loaded once, then again when the cache ages out or a token names an unknown key, but never
     more often than jwks_min_refresh_seconds: a stream of tokens with made-up key ids must not
     turn into a stream of requests to the issuer. A failed load keeps the keys already known.
+    Callers that need keys while a load is in flight wait for that load, and all get its
+    outcome: the keys, or the key error when there are none.
     """
 
     def __init__(
@@ -385,27 +447,29 @@ class RemoteKeys:
         self._settings = settings
         self._transport = transport
         self._clock = clock
-        self._lock = asyncio.Lock()
         self._jwks: dict[str, Any] | None = None
         self._loaded_at = -math.inf
         self._attempted_at = -math.inf
+        self._loading: asyncio.Task[None] | None = None
 
     async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
-        if self._due(refresh):
-            async with self._lock:
-                # Tasks that queued here behind a load find it done and do not repeat it.
-                if self._due(refresh):
-                    await self._load()
+        if self._wanted(refresh):
+            if self._loading is None and self._may_load():
+                self._loading = asyncio.create_task(self._load())
+            if self._loading is not None:
+                # The load is everyone's: a caller that goes away (a closed connection
+                # cancels its request) must not cancel it for the others.
+                await asyncio.shield(self._loading)
         if self._jwks is None:
             raise KeySourceError("the issuer's keys are not available")
         return self._jwks
 
-    def _due(self, refresh: bool) -> bool:
-        now = self._clock()
-        if now - self._attempted_at < self._settings.jwks_min_refresh_seconds:
-            return False
-        aged_out = now - self._loaded_at >= self._settings.jwks_cache_seconds
+    def _wanted(self, refresh: bool) -> bool:
+        aged_out = self._clock() - self._loaded_at >= self._settings.jwks_cache_seconds
         return refresh or self._jwks is None or aged_out
+
+    def _may_load(self) -> bool:
+        return self._clock() - self._attempted_at >= self._settings.jwks_min_refresh_seconds
 
     async def _load(self) -> None:
         self._attempted_at = self._clock()
@@ -417,9 +481,11 @@ class RemoteKeys:
             _import_key_set(jwks)
         except (httpx.HTTPError, OSError, ValueError, KeySourceError) as exc:
             logger.warning("could not load the issuer's keys from %s: %s", source, exc)
-            return
-        self._jwks = jwks
-        self._loaded_at = self._attempted_at
+        else:
+            self._jwks = jwks
+            self._loaded_at = self._attempted_at
+        finally:
+            self._loading = None
 
     async def _fetch(self) -> object:
         assert self._settings.jwks_url is not None

@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, RSAKey
+from joserfc.jws import JWSRegistry
 
 from app.auth import (
     KeySourceError,
@@ -64,8 +66,17 @@ def claims_for(settings: Settings, **overrides: Any) -> dict[str, Any]:
     return {name: value for name, value in claims.items() if value is not None}
 
 
-def sign(claims: dict[str, Any], key: Key, alg: str = "RS256") -> str:
-    return jwt.encode({"alg": alg, "kid": key.kid}, claims, key, algorithms=[alg])
+def sign(claims: dict[str, Any], key: Key, alg: str = "RS256", typ: str = "at+jwt") -> str:
+    return jwt.encode({"alg": alg, "kid": key.kid, "typ": typ}, claims, key, algorithms=[alg])
+
+
+def sign_text(header: str, claims: str | bytes, key: Key, alg: str = "RS256") -> str:
+    """A token signed over the header and claims exactly as written, so that they may hold
+    what a JSON encoder never writes (a key twice, NaN, bytes that are not UTF-8)."""
+    payload = claims.encode() if isinstance(claims, str) else claims
+    signing_input = f"{b64(header.encode())}.{b64(payload)}"
+    signature = JWSRegistry(algorithms=[alg]).get_alg(alg).sign(signing_input.encode(), key)
+    return f"{signing_input}.{b64(signature)}"
 
 
 def b64(data: bytes) -> str:
@@ -73,6 +84,9 @@ def b64(data: bytes) -> str:
 
 
 def unsigned_segments(header: dict[str, Any], claims: dict[str, Any]) -> str:
+    # Typed as an access token unless `header` says otherwise: what a test changes is then
+    # the one thing wrong with the token.
+    header = {"typ": "at+jwt", **header}
     return f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
 
 
@@ -297,6 +311,151 @@ async def test_tampered_claims_are_rejected(issuer: LocalIssuer, validator: Toke
     )
 
 
+# The JOSE header and the JSON of header and claims.
+
+
+def external_validator(tmp_path: Path, key: Key) -> TokenValidator:
+    return TokenValidator(remote_settings(tmp_path), FakeKeys(jwks_of(key)))
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+Jwt"])
+async def test_access_token_types_are_accepted(settings: Settings, typ: str) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+
+    principal = await validator.validate(sign(claims_for(settings), key, typ=typ))
+
+    assert principal.account_id == ACCOUNT
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "application/JWT", "at+jwt"])
+async def test_an_external_issuers_token_may_be_typed_jwt(tmp_path: Path, typ: str) -> None:
+    key = rsa_key()
+    validator = external_validator(tmp_path, key)
+    token = sign(claims_for(remote_settings(tmp_path)), key, typ=typ)
+
+    assert (await validator.validate(token)).account_id == ACCOUNT
+
+
+@pytest.mark.parametrize(
+    "typ", ["JWT", "JOSE", "id_token+jwt", "logout+jwt", "at+jwt ", "text/at+jwt", ""]
+)
+async def test_our_own_tokens_must_be_typed_at_jwt(settings: Settings, typ: str) -> None:
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+
+    reason = await rejection(validator, sign(claims_for(settings), key, typ=typ))
+
+    assert reason == "token type (typ header) must be at+jwt"
+
+
+@pytest.mark.parametrize("typ", ["JOSE", "secevent+jwt", "dpop+jwt", "application/jose"])
+async def test_an_external_issuers_token_of_another_type_is_rejected(
+    tmp_path: Path, typ: str
+) -> None:
+    key = rsa_key()
+    validator = external_validator(tmp_path, key)
+    token = sign(claims_for(remote_settings(tmp_path)), key, typ=typ)
+
+    assert await rejection(validator, token) == "token type (typ header) must be at+jwt or JWT"
+
+
+async def text_rejection(
+    settings: Settings, claims: str | bytes, header: str = '"typ": "at+jwt"'
+) -> str:
+    """Why a token signed over `claims` and the `header` fields (after alg and kid), both
+    exactly as written, is refused."""
+    key = rsa_key()
+    validator = TokenValidator(settings, FakeKeys(jwks_of(key)))
+    fields = f'"alg": "RS256", "kid": "{key.kid}"' + (f", {header}" if header else "")
+    return await rejection(validator, sign_text(f"{{{fields}}}", claims, key))
+
+
+@pytest.mark.parametrize("header", ['"typ": 5', '"typ": ["at+jwt"]', '"typ": null', ""])
+async def test_a_token_without_a_type_is_rejected(settings: Settings, header: str) -> None:
+    reason = await text_rejection(settings, json.dumps(claims_for(settings)), header)
+
+    assert reason == "token type (typ header) must be at+jwt"
+
+
+UNKNOWN_CRITICAL = "token header names critical extensions (crit) this server does not implement"
+
+
+@pytest.mark.parametrize(
+    ("crit", "reason"),
+    [
+        # RFC 7515 section 4.1.11: an empty list is not a valid crit.
+        ('"crit": []', "token crit header is invalid"),
+        ('"crit": "b64", "b64": true', "token crit header is invalid"),
+        ('"crit": ["b64"], "b64": true', UNKNOWN_CRITICAL),
+        ('"crit": ["kid"]', UNKNOWN_CRITICAL),
+        ('"crit": ["exp"], "exp": 1', UNKNOWN_CRITICAL),
+    ],
+)
+async def test_a_crit_header_is_rejected(settings: Settings, crit: str, reason: str) -> None:
+    header = f'"typ": "at+jwt", {crit}'
+
+    assert await text_rejection(settings, json.dumps(claims_for(settings)), header) == reason
+
+
+def repeated(claims: dict[str, Any], name: str, value: Any) -> str:
+    """The claims as JSON, with `name` given a second time, as `value`."""
+    return json.dumps(claims)[:-1] + f", {json.dumps(name)}: {json.dumps(value)}}}"
+
+
+async def test_claims_that_repeat_a_key_are_rejected(settings: Settings) -> None:
+    # Read last-one-wins, this would be a token for this account's audience.
+    claims = claims_for(settings, aud="https://other.example/api")
+    text = repeated(claims, "aud", f"{settings.audience_base}/{ACCOUNT}")
+
+    assert await text_rejection(settings, text) == (
+        "token claims are not strict JSON: an object has the same key twice"
+    )
+
+
+async def test_a_header_that_repeats_a_key_is_rejected(settings: Settings) -> None:
+    header = '"typ": "JOSE", "typ": "at+jwt"'
+
+    assert await text_rejection(settings, json.dumps(claims_for(settings)), header) == (
+        "token header is not strict JSON: an object has the same key twice"
+    )
+
+
+@pytest.mark.parametrize(
+    ("claim", "reason"),
+    [
+        ('"tier": NaN', "NaN is not a JSON number"),
+        ('"cnf": {"jkt": "a", "jkt": "b"}', "an object has the same key twice"),
+        ('"ext": [1, {"a": 1, "a": 2}]', "an object has the same key twice"),
+    ],
+)
+async def test_claims_must_be_strict_json_wherever_they_nest(
+    settings: Settings, claim: str, reason: str
+) -> None:
+    claims = json.dumps(claims_for(settings))[:-1] + f", {claim}}}"
+
+    assert await text_rejection(settings, claims) == f"token claims are not strict JSON: {reason}"
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        (b'["not", "an", "object"]', "token claims are not a JSON object"),
+        (b'"text"', "token claims are not a JSON object"),
+        (
+            b"{",
+            "token claims are not strict JSON: Expecting property name enclosed in double "
+            "quotes at line 1 column 2",
+        ),
+        (b'{"sub": "\xff"}', "token claims are not UTF-8"),
+    ],
+)
+async def test_claims_that_are_not_a_json_object_are_rejected(
+    settings: Settings, claims: bytes, reason: str
+) -> None:
+    assert await text_rejection(settings, claims) == reason
+
+
 # Key rotation.
 
 
@@ -451,6 +610,118 @@ async def test_unreachable_issuer_without_known_keys_is_a_key_source_error(
 
     with pytest.raises(KeySourceError):
         await keys.get_jwks()
+
+
+class SlowJwksServer(JwksServer):
+    """A JWKS endpoint that answers only once the test says so."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        super().__init__(jwks)
+        self.answer = asyncio.Event()
+
+    async def handle_slowly(self, request: httpx.Request) -> httpx.Response:
+        await self.answer.wait()
+        return self.handle(request)
+
+
+def slow_remote(tmp_path: Path, server: SlowJwksServer, clock: Clock) -> RemoteKeys:
+    transport = httpx.MockTransport(server.handle_slowly)
+    return RemoteKeys(remote_settings(tmp_path), transport=transport, clock=clock)
+
+
+class Arrivals:
+    """A key source around another that notes when `expected` callers have asked it."""
+
+    def __init__(self, keys: RemoteKeys, expected: int) -> None:
+        self.keys = keys
+        self.expected = expected
+        self.asked = 0
+        self.all_asked = asyncio.Event()
+
+    async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        self.asked += 1
+        if self.asked == self.expected:
+            self.all_asked.set()
+        return await self.keys.get_jwks(refresh=refresh)
+
+
+async def outcomes(tasks: list[asyncio.Task[Any]]) -> list[Any]:
+    """Each task's result, or the name of what it raised; a task still waiting after ten
+    seconds fails the test rather than hanging it."""
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    return [
+        type(result).__name__ if isinstance(result, BaseException) else result for result in results
+    ]
+
+
+async def test_validations_during_the_first_key_load_wait_for_it(tmp_path: Path) -> None:
+    key, settings = rsa_key(), remote_settings(tmp_path)
+    server, clock = SlowJwksServer(jwks_of(key)), Clock()
+    keys = Arrivals(slow_remote(tmp_path, server, clock), expected=50)
+    validator = TokenValidator(settings, keys)
+    tokens = [sign(claims_for(settings, sub=f"device-{n}"), key) for n in range(50)]
+
+    # Right after a start: every request asks for keys while the first load is in flight.
+    validations = [asyncio.create_task(validator.validate(token)) for token in tokens]
+    await asyncio.wait_for(keys.all_asked.wait(), 10)
+    server.answer.set()
+
+    subjects = [getattr(outcome, "subject", outcome) for outcome in await outcomes(validations)]
+    assert subjects == [f"device-{n}" for n in range(50)]
+    assert server.requests == 1
+
+
+async def test_a_failed_load_answers_every_waiter_then_retries_after_the_backoff(
+    tmp_path: Path,
+) -> None:
+    server, clock = SlowJwksServer(jwks_of(rsa_key())), Clock()
+    server.failing = True
+    keys = Arrivals(slow_remote(tmp_path, server, clock), expected=20)
+    callers = [asyncio.create_task(keys.get_jwks()) for _ in range(20)]
+    await asyncio.wait_for(keys.all_asked.wait(), 10)
+    server.answer.set()
+
+    assert await outcomes(callers) == ["KeySourceError"] * 20
+    clock.now += 29
+    with pytest.raises(KeySourceError):
+        await keys.get_jwks()
+    assert server.requests == 1
+    server.failing = False
+    clock.now += 1
+    assert (await keys.get_jwks(), server.requests) == (server.jwks, 2)
+
+
+async def test_a_caller_that_goes_away_leaves_the_load_to_the_others(tmp_path: Path) -> None:
+    server, clock = SlowJwksServer(jwks_of(rsa_key())), Clock()
+    keys = Arrivals(slow_remote(tmp_path, server, clock), expected=2)
+    first = asyncio.create_task(keys.get_jwks())
+    second = asyncio.create_task(keys.get_jwks())
+    await asyncio.wait_for(keys.all_asked.wait(), 10)
+
+    first.cancel()
+    server.answer.set()
+
+    assert await outcomes([first, second]) == ["CancelledError", server.jwks]
+    assert server.requests == 1
+
+
+async def test_a_refresh_in_flight_answers_later_refreshes_too(tmp_path: Path) -> None:
+    server, clock = SlowJwksServer(jwks_of(rsa_key("old"))), Clock()
+    keys = slow_remote(tmp_path, server, clock)
+    server.answer.set()
+    old = await keys.get_jwks()
+    server.answer.clear()
+    server.jwks = jwks_of(rsa_key("old"), rsa_key("new"))
+    clock.now += 30
+
+    # Two tokens naming the new key: the second must not be refused with the old keys.
+    refreshes = [asyncio.create_task(keys.get_jwks(refresh=True)) for _ in range(2)]
+    # A caller that needs no load meanwhile is not held up by it.
+    unhurried = await asyncio.wait_for(keys.get_jwks(), 10)
+    server.answer.set()
+
+    assert (unhurried, await outcomes(refreshes)) == (old, [server.jwks, server.jwks])
+    assert server.requests == 2
 
 
 # LocalIssuer.

@@ -34,7 +34,7 @@ from tests.helpers import (
     stored_rows,
     timeline,
 )
-from tests.test_auth import b64, claims_for, sign, unsigned_segments
+from tests.test_auth import b64, claims_for, repeated, sign, sign_text, unsigned_segments
 
 ORDER_SCOPE = f"/orders/{ORDER}/events"
 
@@ -184,6 +184,19 @@ def _signed(settings: Settings, key: ECKey, **overrides: Any) -> str:
     return sign(_claims(settings, **overrides), key, "ES256")
 
 
+def _with_header(settings: Settings, key: ECKey, **fields: Any) -> str:
+    header = json.dumps({"alg": "ES256", "kid": key.kid, "typ": "at+jwt", **fields})
+    return sign_text(header, json.dumps(_claims(settings)), key, "ES256")
+
+
+def _repeated_audience(settings: Settings, key: ECKey) -> str:
+    """Read last-one-wins, a token for this account."""
+    header = json.dumps({"alg": "ES256", "kid": key.kid, "typ": "at+jwt"})
+    claims = _claims(settings, aud="https://other.example/api")
+    text = repeated(claims, "aud", f"{settings.audience_base}/{ACCOUNT}")
+    return sign_text(header, text, key, "ES256")
+
+
 def _another_issuers_token(tmp_path: Path) -> str:
     other = LocalIssuer.load_or_create(Settings(data_dir=tmp_path / "other-issuer"))
     return other.mint(account_id=ACCOUNT, scope="admin:shopping")
@@ -213,6 +226,9 @@ UNTRUSTED: dict[str, AuthorizationHeader] = {
         "Bearer " + _signed(s, k, aud="https://other.example/v1/accounts/T12345678")
     ),
     "malformed": lambda s, k, p: "Bearer not-a-token",
+    "typed-jwt": lambda s, k, p: "Bearer " + sign(_claims(s), k, "ES256", typ="JWT"),
+    "empty-crit": lambda s, k, p: "Bearer " + _with_header(s, k, crit=[]),
+    "repeated-audience": lambda s, k, p: "Bearer " + _repeated_audience(s, k),
     "empty-bearer": lambda s, k, p: "Bearer ",
     "basic-scheme": lambda s, k, p: "Basic xyz",
 }
