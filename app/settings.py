@@ -54,6 +54,8 @@ class Settings:
     max_query_depth: int = 10
     max_query_aliases: int = 15
     max_query_cost: int = 10_000
+    max_query_selections: int = 1000
+    max_query_repeats: int = 30
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
     # Live subscriptions over WebSocket.
@@ -180,6 +182,8 @@ class Settings:
             max_query_depth=integer("MAX_QUERY_DEPTH", defaults.max_query_depth),
             max_query_aliases=integer("MAX_QUERY_ALIASES", defaults.max_query_aliases),
             max_query_cost=integer("MAX_QUERY_COST", defaults.max_query_cost),
+            max_query_selections=integer("MAX_QUERY_SELECTIONS", defaults.max_query_selections),
+            max_query_repeats=integer("MAX_QUERY_REPEATS", defaults.max_query_repeats),
             rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", defaults.rate_limit_per_second),
             rate_limit_burst=integer("RATE_LIMIT_BURST", defaults.rate_limit_burst),
             allowed_origins=tuple(env.get("ALLOWED_ORIGINS", "").replace(",", " ").split()),
@@ -221,5 +225,7 @@ _MINIMUMS = {
     "max_query_depth": (1, ""),
     "max_query_aliases": (1, ""),
     "max_query_cost": (1, ""),
+    "max_query_selections": (1, ""),
+    "max_query_repeats": (0, ""),
     "rate_limit_burst": (1, ""),
 }
