@@ -299,6 +299,28 @@ async def test_introspection_alone_runs_without_a_token(client: Any, query: str)
     assert succeeded(await client.execute(query, token=None))
 
 
+async def test_a_document_without_a_token_has_a_smaller_token_limit(
+    client_with: ClientWith,
+) -> None:
+    # Introspection is all it may run, and GraphiQL's introspection query is under 200 tokens:
+    # the parser stops sooner on anything longer.
+    client = client_with(max_anonymous_query_tokens=12)
+
+    assert succeeded(await client.execute(typenames(10), token=None))
+    body = await client.execute(typenames(11), token=None)
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert "more than 12 tokens" in message(body)
+    assert succeeded(await client.execute(typenames(11)))
+
+
+async def test_an_invalid_token_has_the_smaller_token_limit_too(client_with: ClientWith) -> None:
+    client = client_with(max_anonymous_query_tokens=12)
+
+    body = await client.execute(typenames(11), token="not-a-token")
+
+    assert "more than 12 tokens" in message(body)
+
+
 # Depth.
 
 
@@ -477,6 +499,7 @@ def test_the_default_limits() -> None:
         settings.max_query_cost,
     ) == (1000, 10, 15, 10_000)
     assert (settings.max_query_selections, settings.max_query_repeats) == (1000, 30)
+    assert settings.max_anonymous_query_tokens == 300
 
 
 def test_the_limits_are_read_from_the_environment() -> None:
@@ -488,6 +511,7 @@ def test_the_limits_are_read_from_the_environment() -> None:
             "MAX_QUERY_COST": "300",
             "MAX_QUERY_SELECTIONS": "400",
             "MAX_QUERY_REPEATS": "0",
+            "MAX_ANONYMOUS_QUERY_TOKENS": "100",
         }
     )
 
@@ -498,6 +522,7 @@ def test_the_limits_are_read_from_the_environment() -> None:
         settings.max_query_cost,
     ) == (500, 5, 2, 300)
     assert (settings.max_query_selections, settings.max_query_repeats) == (400, 0)
+    assert settings.max_anonymous_query_tokens == 100
 
 
 @pytest.mark.parametrize(
@@ -508,6 +533,7 @@ def test_the_limits_are_read_from_the_environment() -> None:
         "MAX_QUERY_ALIASES",
         "MAX_QUERY_COST",
         "MAX_QUERY_SELECTIONS",
+        "MAX_ANONYMOUS_QUERY_TOKENS",
     ],
 )
 def test_a_limit_below_one_is_refused(name: str) -> None:
