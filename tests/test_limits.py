@@ -136,20 +136,37 @@ def of_types(depth: int) -> str:
 NESTED = f'query X1 {{ __type(name: "Query") {{ {of_types(7)} }} }}'
 
 
-@pytest.mark.parametrize(
+ATTACKS = pytest.mark.parametrize(
     "query",
     [TYPENAMES, ONE_FRAGMENT, MANY_FRAGMENTS, NESTED],
     ids=["typenames", "one-fragment", "many-fragments", "nested"],
 )
+
+
+@ATTACKS
 @pytest.mark.parametrize("token", ["none", "valid"])
 async def test_a_document_that_repeats_fields_is_refused_before_validation(
-    client: Any, merge_checks: list[DocumentNode], query: str, token: str
+    client_with: ClientWith, merge_checks: list[DocumentNode], query: str, token: str
 ) -> None:
+    # Without a token the parser would stop first (below): here it lets them through.
+    client = client_with(max_anonymous_query_tokens=1000)
+
     body = await client.execute(query, **({"token": None} if token == "none" else {}))
 
     assert error_code(body) == "BAD_USER_INPUT"
     assert "where the same name is already selected" in message(body)
     assert "this server allows at most 30 such repeats" in message(body)
+    assert merge_checks == []
+
+
+@ATTACKS
+async def test_without_a_token_the_same_documents_stop_at_the_parser(
+    client: Any, merge_checks: list[DocumentNode], query: str
+) -> None:
+    body = await client.execute(query, token=None)
+
+    assert error_code(body) == "BAD_USER_INPUT"
+    assert "more than 300 tokens" in message(body)
     assert merge_checks == []
 
 

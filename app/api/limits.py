@@ -47,7 +47,9 @@ PAGE_ARGUMENT = "first"
 class Limits:
     """- tokens (``MAX_QUERY_TOKENS``): the parser stops counting at the limit, so an enormous
       document costs no more to refuse than a small one; comments are limited apart, to the
-      same number. Large metadata belongs in variables, which are not tokens;
+      same number. Large metadata belongs in variables, which are not tokens. Without a
+      valid token a caller may run introspection alone, which is small: its documents are
+      parsed with ``MAX_ANONYMOUS_QUERY_TOKENS``, as parsing is what they cost;
     - selections (``MAX_QUERY_SELECTIONS``): fields, fragment spreads and inline fragments in
       the whole document, a fragment's own counted again at each place it is spread (a place
       is a path of response names from an operation or fragment); the count stops at the
@@ -74,6 +76,7 @@ class Limits:
     """
 
     max_tokens: int
+    max_anonymous_tokens: int
     max_selections: int
     max_repeats: int
     max_depth: int
@@ -85,6 +88,7 @@ class Limits:
     def from_settings(cls, settings: Settings) -> Limits:
         return cls(
             max_tokens=settings.max_query_tokens,
+            max_anonymous_tokens=settings.max_anonymous_query_tokens,
             max_selections=settings.max_query_selections,
             max_repeats=settings.max_query_repeats,
             max_depth=settings.max_query_depth,
@@ -106,11 +110,15 @@ class OperationLimits(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         execution_context = self.execution_context
-        self.limits, rule = compiled(getattr(execution_context.context, "settings", None))
+        context = execution_context.context
+        self.limits, rule = compiled(getattr(context, "settings", None))
+        tokens = self.limits.max_tokens
+        if _tokenless(context):
+            tokens = min(tokens, self.limits.max_anonymous_tokens)
         # Strawberry's ParseOptions declares only the deprecated max_tokens.
         options = cast(dict[str, Any], execution_context.parse_options)
-        options["max_lexical_tokens"] = self.limits.max_tokens
-        options["max_comments"] = self.limits.max_tokens
+        options["max_lexical_tokens"] = tokens
+        options["max_comments"] = tokens
         execution_context.validation_rules = (*execution_context.validation_rules, rule)
         yield
 
@@ -145,13 +153,20 @@ class Checked:
 _checked: ByIdentity[Checked] = ByIdentity(128)
 
 
+def _tokenless(context: object) -> bool:
+    """Whether the request is known to come without a valid token (HTTP's only: a WebSocket
+    has one from its start). Not while the issuer's keys are unavailable: that is the
+    server's fault, and the operation reports it when it runs."""
+    return isinstance(context, Context) and context.principal is None and not context.key_error
+
+
 def _token_refusal(context: object, checked: Checked) -> list[GraphQLError]:
     """A caller without a token may introspect the schema and nothing else: anything else is
     refused now, as running it would refuse it, and is not validated."""
-    if checked.introspection or not isinstance(context, Context) or context.principal is not None:
+    if checked.introspection or not _tokenless(context):
         return []
     try:
-        context.require_principal()
+        cast(Context, context).require_principal()
     except Exception as error:
         return [GraphQLError(str(error), original_error=error)]
     return []  # pragma: no cover - require_principal raises without a principal
