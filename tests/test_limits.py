@@ -6,6 +6,7 @@ validated: the tests count graphql-core's quadratic rule rather than time it."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from graphql.validation.rules.overlapping_fields_can_be_merged import (
     OverlappingFieldsCanBeMergedRule,
 )
 
+from app.auth import LocalIssuer
 from app.settings import Settings, SettingsError
 from tests.conftest import ClientWith
 from tests.helpers import (
@@ -26,6 +28,7 @@ from tests.helpers import (
     only_error,
     stored_rows,
 )
+from tests.live import serving, subscriber
 
 ORDER_ARGS = f'accountId: "{ACCOUNT}", orderId: "{ORDER}"'
 # orderEvents > events > links > href: four fields deep.
@@ -180,6 +183,20 @@ async def test_a_short_document_that_repeats_fields_is_refused_on_both_routes(
 
     assert "selects fields 349 times where the same name is already selected" in message(body)
     assert merge_checks == []
+
+
+async def test_a_document_that_repeats_fields_is_refused_over_a_websocket(
+    server_env: dict[str, str], issuer: LocalIssuer, tmp_path: Path
+) -> None:
+    token = issuer.mint(account_id=ACCOUNT, scope="read:shopping")
+    with serving(server_env, tmp_path, token) as server:
+        async with subscriber(server, token) as ws:
+            # NESTED is short enough for the compiled route to try it first.
+            refusals = [await ws.error(await ws.subscribe(query)) for query in (TYPENAMES, NESTED)]
+
+    for refusal in refusals:
+        assert refusal["extensions"]["code"] == "BAD_USER_INPUT"
+        assert "where the same name is already selected" in refusal["message"]
 
 
 async def test_repeats_at_the_limit_run(client_with: ClientWith) -> None:

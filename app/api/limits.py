@@ -273,7 +273,8 @@ _compiled_by_settings: dict[int, tuple[Settings, Limits, type[ValidationRule]]] 
 def compiled(settings: Settings | None) -> tuple[Limits, type[ValidationRule]]:
     """The limits of ``settings`` (the defaults for None) and the validation rule enforcing
     them: for any other route to execution, which must parse with ``max_lexical_tokens`` and
-    ``max_comments`` set to ``limits.max_tokens`` and validate with this rule added."""
+    ``max_comments`` set to ``limits.max_tokens``, refuse what ``check`` refuses, and only
+    then validate, with this rule added."""
     settings = settings or _DEFAULT_SETTINGS
     entry = _compiled_by_settings.get(id(settings))
     if entry is None or entry[0] is not settings:
