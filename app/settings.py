@@ -51,9 +51,12 @@ class Settings:
     # Request limits and abuse (README, "Limits and abuse"). A rate of 0 turns rate limits off.
     max_body_bytes: int = 256 * 1024
     max_query_tokens: int = 1000
+    max_anonymous_query_tokens: int = 300
     max_query_depth: int = 10
     max_query_aliases: int = 15
     max_query_cost: int = 10_000
+    max_query_selections: int = 1000
+    max_query_repeats: int = 30
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
     # Live subscriptions over WebSocket.
@@ -177,9 +180,14 @@ class Settings:
             ),
             max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
             max_query_tokens=integer("MAX_QUERY_TOKENS", defaults.max_query_tokens),
+            max_anonymous_query_tokens=integer(
+                "MAX_ANONYMOUS_QUERY_TOKENS", defaults.max_anonymous_query_tokens
+            ),
             max_query_depth=integer("MAX_QUERY_DEPTH", defaults.max_query_depth),
             max_query_aliases=integer("MAX_QUERY_ALIASES", defaults.max_query_aliases),
             max_query_cost=integer("MAX_QUERY_COST", defaults.max_query_cost),
+            max_query_selections=integer("MAX_QUERY_SELECTIONS", defaults.max_query_selections),
+            max_query_repeats=integer("MAX_QUERY_REPEATS", defaults.max_query_repeats),
             rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", defaults.rate_limit_per_second),
             rate_limit_burst=integer("RATE_LIMIT_BURST", defaults.rate_limit_burst),
             allowed_origins=tuple(env.get("ALLOWED_ORIGINS", "").replace(",", " ").split()),
@@ -218,8 +226,11 @@ _MINIMUMS = {
     "max_page_size": (1, ""),
     "max_body_bytes": (1, ""),
     "max_query_tokens": (1, ""),
+    "max_anonymous_query_tokens": (1, ""),
     "max_query_depth": (1, ""),
     "max_query_aliases": (1, ""),
     "max_query_cost": (1, ""),
+    "max_query_selections": (1, ""),
+    "max_query_repeats": (0, ""),
     "rate_limit_burst": (1, ""),
 }

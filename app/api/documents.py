@@ -219,7 +219,9 @@ class Compiler:
             )
         except GraphQLError:
             return None
-        if validate(self.schema, document, self._rules):
+        if limits.check(document, self._limits).refusals or validate(
+            self.schema, document, self._rules
+        ):
             return None
         return self._plan(document, operation_name)
 

@@ -123,7 +123,9 @@ class Endpoint:
         except HTTPException as error:
             request.state.error_codes = ["BAD_USER_INPUT"]
             return _request_error(error.reason, error.status_code)
-        if operation is not None:
+        # Without a token only introspection may run (app.api.limits), and no plan is of
+        # introspection: such requests go straight on, and never compile a document.
+        if operation is not None and context.principal is not None:
             query, variables, operation_name = operation
             plan = self.compiler.plan(query, operation_name, request.method)
             if plan is not None:

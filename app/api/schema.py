@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import strawberry
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import ParserCache
 from strawberry.types import Info
 
 from app import live
@@ -163,9 +163,10 @@ def build_schema() -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         # Parsing and validating a document costs more than running a small operation;
-        # clients send the same few documents over and over.
-        # OperationLimits adds its rules before validation, so they are cached with it.
-        extensions=[ParserCache, ValidationCache, OperationLimits, OperationName, ErrorCodes],
+        # clients send the same few documents over and over. OperationLimits checks a
+        # document before validating it, and remembers its verdict (in place of
+        # Strawberry's ValidationCache, which would validate it first).
+        extensions=[ParserCache, OperationLimits, OperationName, ErrorCodes],
     )
 
 
