@@ -257,3 +257,18 @@ async def test_a_close_from_the_server_is_an_error_of_the_run() -> None:
 
     assert sink.errors == ["closed by the server: 1011 b'bye'"]
     assert transport.closed
+
+
+@pytest.mark.parametrize("kind", ["read", "write"])
+def test_the_in_process_measure_runs_the_bench_documents(kind: str) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess", kind, "--count", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert f"{kind}: " in run.stdout and "µs of CPU per request (5 requests)" in run.stdout

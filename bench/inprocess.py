@@ -1,0 +1,117 @@
+"""``python -m bench.inprocess read|write``: the server's own CPU per request, in process.
+
+The ASGI app is called directly (no sockets, no HTTP parsing, no load generator), with the
+documents ``scripts/bench`` sends, so that what a change to the request path costs shows
+without the noise of a loaded machine's network stack. Prints process CPU time per request;
+``--profile`` adds cProfile's top functions. SQLite by default; ``--database`` takes a URL
+(PostgreSQL: an empty database, migrated here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from app.auth import LocalIssuer
+from app.db import apply_migrations
+from app.main import create_app
+from app.settings import Settings
+from bench.harness import ACCOUNT
+from bench.http import SERVICE_READ, SERVICE_WRITE
+
+Call = Callable[[], Awaitable[list[dict[str, Any]]]]
+
+
+async def measure(kind: str, database_url: str, count: int, profile: bool) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="order-events-inprocess-"))
+    await apply_migrations(database_url)
+    settings = Settings(
+        database_url=database_url, data_dir=workdir / "data", rate_limit_per_second=0
+    )
+    app = create_app(settings)
+    token = LocalIssuer.load_or_create(settings).mint(
+        account_id=ACCOUNT, scope="read:shopping write:shopping", subject="bench", ttl_seconds=3600
+    )
+    authorization = (b"authorization", f"Bearer {token}".encode())
+    write_body = SERVICE_WRITE.replace("{order}", "order-1").encode()
+    read_path, _, read_query = SERVICE_READ.replace("{order}", "order-1").partition("?")
+
+    async def call(method: str, body: bytes = b"", query: bytes = b"") -> list[dict[str, Any]]:
+        headers = [(b"host", b"127.0.0.1"), authorization]
+        if method == "POST":
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": read_path, "raw_path": read_path.encode(),
+            "query_string": query, "root_path": "", "headers": headers,
+            "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000), "state": {},
+        }  # fmt: skip
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
+
+        await app(scope, receive, send)
+        return sent
+
+    def read() -> Awaitable[list[dict[str, Any]]]:
+        return call("GET", query=read_query.encode())
+
+    def write() -> Awaitable[list[dict[str, Any]]]:
+        return call("POST", write_body)
+
+    request: Call = read if kind == "read" else write
+    async with app.router.lifespan_context(app):
+        for _ in range(20):  # an order of 20 events for the reads
+            assert (await write())[0]["status"] == 200
+        answer = await request()
+        # A refused request would be measured as fast: the document must be answered.
+        if answer[0]["status"] != 200 or b'"errors"' in answer[1]["body"]:
+            raise SystemExit(f"the {kind} was not answered: {answer}")
+        await _timed(kind, request, count, profile)
+
+
+async def _timed(kind: str, request: Call, count: int, profile: bool) -> None:
+    for _ in range(200):
+        await request()
+    started = time.process_time()
+    for _ in range(count):
+        await request()
+    spent = time.process_time() - started
+    print(f"{kind}: {spent / count * 1e6:.1f} µs of CPU per request ({count} requests)")
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(count):
+            await request()
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__)
+    parser.add_argument("kind", choices=["read", "write"])
+    parser.add_argument("--database", help="a database URL (default: a fresh SQLite file)")
+    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    database = args.database or f"sqlite://{tempfile.mkdtemp()}/events.sqlite3"
+    asyncio.run(measure(args.kind, database, args.count, args.profile))
+
+
+if __name__ == "__main__":
+    main()
