@@ -304,3 +304,59 @@ async def test_a_close_reason_quoting_the_client_is_cut_to_fit_a_close_frame(
     # What fits: 123 bytes, or one less where a character would be cut in two.
     assert 122 <= len(said.encode()) <= 123
     assert "Traceback" not in await logged_for_one_connection(server, since)
+
+
+# Documents refused before anything runs are answered as over HTTP: BAD_USER_INPUT, in an
+# ``error`` message for the operation; the connection stays open.
+# (query, operationName, the error's message or its start)
+REFUSED_DOCUMENTS = {
+    "syntax-error": ("subscription {", None, "Syntax Error: Expected Name, found <EOF>."),
+    "too-many-tokens": (
+        "subscription { " + "a " * 1000 + "}",
+        None,
+        "Syntax Error: Document contains more than 1000 tokens. Parsing aborted.",
+    ),
+    "long-name": ("a" * 200, None, "Syntax Error: Unexpected Name 'aaa"),
+    "empty": ("", None, 'Request data is missing a "query" value'),
+    "unknown-operation-name": (QUERY, "Other", 'Unknown operation named "Other".'),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("query", "operation_name", "message"), REFUSED_DOCUMENTS.values(), ids=REFUSED_DOCUMENTS.keys()
+)
+async def test_a_document_refused_before_it_runs_is_bad_input_of_its_operation(
+    server: Server,
+    client: GraphQLClient,
+    issuer: LocalIssuer,
+    protocol: str,
+    query: str,
+    operation_name: str | None,
+    message: str,
+) -> None:
+    since = len(server.output())
+    async with subscriber(server, reader(issuer), protocol) as ws:
+        payload = {"query": query, "operationName": operation_name}
+        await ws.send({"id": "1", "type": KINDS[protocol]["<start>"], "payload": payload})
+        error = await ws.error("1")
+        await still_usable(ws)
+
+    assert error["message"].startswith(message)
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    logged = await logged_for_one_connection(server, since)
+    assert "Traceback" not in logged and "unexpected error" not in logged, logged
+
+
+async def test_a_query_on_graphql_ws_is_bad_input_of_its_operation(
+    server: Server, client: GraphQLClient, issuer: LocalIssuer
+) -> None:
+    # Strawberry's graphql-ws handler runs subscriptions only; graphql-transport-ws runs all.
+    async with subscriber(server, reader(issuer), LEGACY_WS) as ws:
+        error = await ws.error(await ws.subscribe("{ __typename }"))
+        await still_usable(ws)
+
+    assert (error["message"], error["extensions"]["code"]) == (
+        "queries are not allowed",
+        "BAD_USER_INPUT",
+    )

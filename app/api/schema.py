@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.types import Info
 
@@ -150,6 +152,21 @@ class Subscription:
             feed.close()
 
 
+class CachedParse(ParserCache):
+    """Strawberry's parser cache, but a document that does not parse is left to Strawberry's
+    own parse, which reports the error: raised from this hook, it escapes a subscription's
+    error handling, and the operation's task dies with a traceback while its client waits for
+    ever. (Such a document is parsed twice; a parse stops at its first error.)"""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        with contextlib.suppress(GraphQLError):
+            context.graphql_document = self.cached_parse_document(
+                context.query, **context.parse_options
+            )
+        yield
+
+
 class Schema(strawberry.Schema):
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
         # ErrorCodes logs the unexpected errors, with the request id; a client's bad input or
@@ -165,7 +182,7 @@ def build_schema() -> strawberry.Schema:
         # Parsing and validating a document costs more than running a small operation;
         # clients send the same few documents over and over.
         # OperationLimits adds its rules before validation, so they are cached with it.
-        extensions=[ParserCache, ValidationCache, OperationLimits, OperationName, ErrorCodes],
+        extensions=[CachedParse, ValidationCache, OperationLimits, OperationName, ErrorCodes],
     )
 
 

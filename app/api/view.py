@@ -196,8 +196,8 @@ def shape_result(result: ExecutionResult, media_type: str, request_id: str) -> S
     """The body, status and extra headers of ``result`` answered as ``media_type``."""
     errors = result.errors or []
     if errors:
-        # A syntax error raised by ParserCache's parse hook escapes the operation hook that
-        # maps errors (ErrorCodes): map whatever it missed here, so every error has a code.
+        # An error raised in an extension's hook escapes the operation hook that maps errors
+        # (ErrorCodes): map whatever it missed here, so every error has a code.
         errors = [
             error if (error.extensions or {}).get("code") else convert(error, request_id)
             for error in errors

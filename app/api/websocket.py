@@ -139,7 +139,7 @@ _CLOSE_REASON_MAX = 123
 class WebSocketAdapter(ASGIWebSocketAdapter):
     """Strawberry's adapter (the view's ``websocket_adapter_class``), its close reasons cut to
     what a close frame carries: Strawberry puts a client's text into some (an unknown message
-    type, a syntax error's token), and a longer reason would fail the close itself."""
+    type), and a longer reason would fail the close itself."""
 
     async def close(self, code: int, reason: str) -> None:
         fitting = reason.encode()[:_CLOSE_REASON_MAX].decode(errors="ignore")
