@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import (
+    FloatValueNode,
+    GraphQLError,
+    ListValueNode,
+    ObjectValueNode,
+    ValueNode,
+    value_from_ast_untyped,
+)
 from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.scalars import JSON
+from strawberry.schema.types.scalar import DEFAULT_SCALAR_REGISTRY
 from strawberry.types import Info
 
 from app import live
@@ -18,6 +28,7 @@ from app.api.context import Context
 from app.api.errors import ErrorCodes
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
+from app.validation import read_float
 
 AccountId = Annotated[
     strawberry.ID,
@@ -167,6 +178,22 @@ class CachedParse(ParserCache):
         yield
 
 
+def json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
+    """A JSON value written in a document, as graphql-core reads one, but a float is read by
+    ``read_float``, as a JSON text's is."""
+    if isinstance(node, ObjectValueNode):
+        return {field.name.value: json_literal(field.value, variables) for field in node.fields}
+    if isinstance(node, ListValueNode):
+        return [json_literal(item, variables) for item in node.values]
+    if isinstance(node, FloatValueNode):
+        return read_float(node.value)
+    return value_from_ast_untyped(node, variables)
+
+
+# Strawberry's JSON scalar, reading values written in documents with json_literal.
+_JSON = dataclasses.replace(DEFAULT_SCALAR_REGISTRY[JSON], parse_literal=json_literal)
+
+
 class Schema(strawberry.Schema):
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
         # ErrorCodes logs the unexpected errors, with the request id; a client's bad input or
@@ -183,6 +210,7 @@ def build_schema() -> strawberry.Schema:
         # clients send the same few documents over and over.
         # OperationLimits adds its rules before validation, so they are cached with it.
         extensions=[CachedParse, ValidationCache, OperationLimits, OperationName, ErrorCodes],
+        scalar_overrides={JSON: _JSON},
     )
 
 
