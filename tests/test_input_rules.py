@@ -236,6 +236,22 @@ async def test_a_variable_float_a_double_reads_as_zero_is_refused(
     assert bad_fields(response.json()) == ["event.metadata"]
 
 
+@pytest.mark.parametrize("route", ["compiled", "ordinary"])
+async def test_an_omitted_variable_in_a_json_literal_is_null_as_an_explicit_null_is(
+    client: Any, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    if route == "ordinary":
+        monkeypatch.setattr(Compiler, "plan", lambda *_args, **_kwargs: None)
+    query = with_metadata("{a: $m, b: [1, $m]}")
+
+    omitted = await client.execute(query, {})
+    null = await client.execute(query, {"m": None})
+
+    assert (
+        omitted == null == {"data": {"createOrderEvent": {"metadata": {"a": None, "b": [1, None]}}}}
+    )
+
+
 async def test_nan_in_a_json_body_is_refused(client: Any) -> None:
     # Python's json module (and so the server's) reads the non-standard NaN token.
     content = (

@@ -14,6 +14,7 @@ from graphql import (
     ListValueNode,
     ObjectValueNode,
     ValueNode,
+    VariableNode,
     value_from_ast_untyped,
 )
 from strawberry.extensions import ParserCache, ValidationCache
@@ -179,14 +180,17 @@ class CachedParse(ParserCache):
 
 
 def json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
-    """A JSON value written in a document, as graphql-core reads one, but a float is read by
-    ``read_float``, as a JSON text's is."""
+    """A JSON value written in a document, as graphql-core reads one, but for two things: a
+    float is read by ``read_float``, as a JSON text's is, and a variable left out is null, as
+    when it is given as null (graphql-core leaves an undefined value, which no JSON holds)."""
     if isinstance(node, ObjectValueNode):
         return {field.name.value: json_literal(field.value, variables) for field in node.fields}
     if isinstance(node, ListValueNode):
         return [json_literal(item, variables) for item in node.values]
     if isinstance(node, FloatValueNode):
         return read_float(node.value)
+    if isinstance(node, VariableNode):
+        return (variables or {}).get(node.name.value)
     return value_from_ast_untyped(node, variables)
 
 
