@@ -116,24 +116,29 @@ NOT_MESSAGES: dict[str, tuple[Any, str]] = {
     ),
     "stop-id-not-text": ({"id": ["1"], "type": "<stop>"}, "a <stop> message's id must be a string"),
 }
-# (payload, reason): the payload of a message starting operation "1" that is no request.
-MISSING = object()
-BAD_PAYLOADS: dict[str, tuple[Any, str]] = {
-    "no-payload": (MISSING, "the payload must be an object"),
-    "payload-null": (None, "the payload must be an object"),
-    "payload-a-list": ([], "the payload must be an object"),
-    "no-query": ({}, "the payload's query must be a string"),
-    "query-not-text": ({"query": 5}, "the payload's query must be a string"),
+
+
+def starting(payload: Any) -> dict[str, Any]:
+    return {"id": "1", "type": "<start>", "payload": payload}
+
+
+# (message, reason): a message starting operation "1" whose payload is no request.
+BAD_REQUESTS: dict[str, tuple[Any, str]] = {
+    "no-payload": ({"id": "1", "type": "<start>"}, "the payload must be an object"),
+    "payload-null": (starting(None), "the payload must be an object"),
+    "payload-a-list": (starting([]), "the payload must be an object"),
+    "no-query": (starting({}), "the payload's query must be a string"),
+    "query-not-text": (starting({"query": 5}), "the payload's query must be a string"),
     "variables-not-an-object": (
-        {"query": QUERY, "variables": "x"},
+        starting({"query": QUERY, "variables": "x"}),
         "the payload's variables must be an object or null",
     ),
     "variables-a-list": (
-        {"query": QUERY, "variables": [1]},
+        starting({"query": QUERY, "variables": [1]}),
         "the payload's variables must be an object or null",
     ),
     "operation-name-not-text": (
-        {"query": QUERY, "operationName": 5},
+        starting({"query": QUERY, "operationName": 5}),
         "the payload's operationName must be a string or null",
     ),
 }
@@ -147,13 +152,6 @@ def in_protocol(text: str, protocol: str) -> str:
 
 def message_text(message: Any, protocol: str) -> str:
     return in_protocol(json.dumps(message), protocol)
-
-
-def start_text(payload: Any, protocol: str) -> str:
-    message = {"id": "1", "type": "<start>"}
-    if payload is not MISSING:
-        message["payload"] = payload
-    return message_text(message, protocol)
 
 
 async def logged_for_one_connection(server: Server, since: int) -> str:
@@ -170,7 +168,10 @@ def assert_logged_once(logged: str, reason: str) -> None:
     assert reason in logged and "Traceback" not in logged, logged
 
 
-@pytest.mark.parametrize(("message", "reason"), NOT_MESSAGES.values(), ids=NOT_MESSAGES.keys())
+INVALID = {**NOT_MESSAGES, **BAD_REQUESTS}
+
+
+@pytest.mark.parametrize(("message", "reason"), INVALID.values(), ids=INVALID.keys())
 async def test_a_json_text_that_is_no_message_closes_with_4400(
     server: Server, client: GraphQLClient, issuer: LocalIssuer, message: Any, reason: str
 ) -> None:
@@ -182,19 +183,6 @@ async def test_a_json_text_that_is_no_message_closes_with_4400(
     expected = in_protocol(reason, TRANSPORT_WS)
     assert closed == (4400, expected)
     assert_logged_once(await logged_for_one_connection(server, since), expected)
-
-
-@pytest.mark.parametrize(("payload", "reason"), BAD_PAYLOADS.values(), ids=BAD_PAYLOADS.keys())
-async def test_a_subscribe_message_that_is_no_request_closes_with_4400(
-    server: Server, client: GraphQLClient, issuer: LocalIssuer, payload: Any, reason: str
-) -> None:
-    since = len(server.output())
-    async with subscriber(server, reader(issuer)) as ws:
-        await ws.websocket.send(start_text(payload, TRANSPORT_WS))
-        closed = await ws.closed()
-
-    assert closed == (4400, reason)
-    assert_logged_once(await logged_for_one_connection(server, since), reason)
 
 
 async def still_usable(ws: WSClient) -> None:
@@ -219,13 +207,13 @@ async def test_a_json_text_that_is_no_message_is_a_connection_error_on_graphql_w
     assert_logged_once(await logged_for_one_connection(server, since), expected)
 
 
-@pytest.mark.parametrize(("payload", "reason"), BAD_PAYLOADS.values(), ids=BAD_PAYLOADS.keys())
+@pytest.mark.parametrize(("message", "reason"), BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
 async def test_a_start_message_that_is_no_request_is_an_operation_error_on_graphql_ws(
-    server: Server, client: GraphQLClient, issuer: LocalIssuer, payload: Any, reason: str
+    server: Server, client: GraphQLClient, issuer: LocalIssuer, message: Any, reason: str
 ) -> None:
     since = len(server.output())
     async with subscriber(server, reader(issuer), LEGACY_WS) as ws:
-        await ws.websocket.send(start_text(payload, LEGACY_WS))
+        await ws.websocket.send(message_text(message, LEGACY_WS))
         reply = await ws.message("1")
         await still_usable(ws)
 
