@@ -189,6 +189,11 @@ def links(account_id: str, order_id: str, public_url: str) -> list[Link]:
 
 _CURSOR_PREFIX = "1:"
 _CURSOR = re.compile(r"1:([0-9]{1,19}):([0-9]{1,10})")
+# The largest position and version their columns hold (int8 and int4; a test holds these to
+# the model): a cursor beyond them was not made here, and PostgreSQL refuses such a number as
+# a query parameter instead of finding nothing after it.
+POSITION_MAX: Final = 2**63 - 1
+VERSION_MAX: Final = 2**31 - 1
 # Before the first event of any stream: where a watcher that has seen nothing resumes.
 START_CURSOR = "MTowOjA"  # encode_cursor(0, 0)
 
@@ -207,6 +212,8 @@ def decode_cursor(cursor: str, field: str = "after") -> tuple[int, int]:
         if match is None:
             raise ValueError(text)
         position, version = int(match[1]), int(match[2])
+        if position > POSITION_MAX or version > VERSION_MAX:
+            raise ValueError(text)
     except (ValueError, UnicodeError, binascii.Error):
         raise BadUserInput([FieldError(field, "is not a cursor returned by this API")]) from None
     return position, version

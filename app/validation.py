@@ -10,6 +10,7 @@ import json
 import math
 import re
 import sys
+from decimal import Decimal
 from typing import Any
 
 from app.errors import FieldError
@@ -107,6 +108,7 @@ def _json_problem(value: Any, depth: int) -> str | None:
 
 
 _NOT_FINITE = "numbers must be finite (no NaN or Infinity, nothing beyond a double)"
+_NOT_ZERO_YET_ZERO = "numbers other than 0 must not be so small that a double reads them as 0"
 
 
 def _scalar_problem(value: Any) -> str | None:
@@ -114,6 +116,8 @@ def _scalar_problem(value: Any) -> str | None:
         return None if _encodable(value) else "strings must be valid Unicode (no lone surrogates)"
     if isinstance(value, float):
         return None if math.isfinite(value) else _NOT_FINITE
+    if isinstance(value, Decimal):  # only read_float makes one
+        return _NOT_ZERO_YET_ZERO
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _DOUBLE_MAX:
         # Python keeps such an integer exactly, but most JSON readers would turn it into
         # Infinity: refused like 1e400, rather than stored for clients that cannot read it.
@@ -121,6 +125,22 @@ def _scalar_problem(value: Any) -> str | None:
     if value is not None and not isinstance(value, bool | int):
         return "must contain JSON values only"
     return None
+
+
+# A number whose digits before any exponent are not all zeros.
+_NOT_ZERO_AS_WRITTEN = re.compile(r"-?[0.]*[1-9]")
+
+
+def read_float(text: str) -> float | Decimal:
+    """A number with a fraction or an exponent, from a JSON text or a GraphQL document, as
+    the service reads it: a double. Only a number that is not 0 as written but that a double
+    reads as 0 (``1e-400``) stays as written, a ``Decimal``: the metadata rule refuses it,
+    naming its field, as it refuses one beyond a double (which reads as infinity), and no
+    GraphQL scalar takes it, where infinity is refused too."""
+    value = float(text)
+    if value == 0.0 and _NOT_ZERO_AS_WRITTEN.match(text):
+        return Decimal(text)
+    return value
 
 
 def _text_problem(value: str, allowed_controls: set[str]) -> str | None:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ClientWith
-from tests.helpers import CREATE, create_variables, error_code, event_input, only_error
+from tests.conftest import ClientWith, Mint
+from tests.helpers import CREATE, WAIT, create_variables, error_code, event_input, only_error
+from tests.servers import Server, running_servers
 
 TYPENAME = b'{"query":"{ __typename }"'
 
@@ -108,6 +110,40 @@ async def test_a_declared_length_over_the_limit_is_refused_unread(settings: Sett
     await application(scope, receive, send)
 
     assert (sent[0]["status"], read) == (413, [])
+
+
+@pytest.fixture(scope="module")
+def server(
+    server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    env = {**server_env, "MAX_BODY_BYTES": "1000"}
+    with running_servers(1, env, tmp_path_factory.mktemp("server")) as (started,):
+        yield started
+
+
+@pytest.mark.parametrize("token", ["valid", "forged", None])
+async def test_a_declared_length_over_the_limit_is_refused_before_the_body_is_sent(
+    server: Server, mint: Mint, token: str | None
+) -> None:
+    # Only the request's head goes out: the 413 must come back while the server still waits
+    # for every byte of the body. With a token, which is checked first, as without one.
+    head = [
+        "POST /graphql HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        "Content-Length: 1001",
+    ]
+    if token is not None:
+        head.append(f"Authorization: Bearer {mint() if token == 'valid' else 'not-a-jwt'}")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), WAIT)
+    finally:
+        writer.close()
+
+    assert status_line.startswith(b"HTTP/1.1 413 ")
 
 
 async def test_ten_megabytes_are_refused_by_default(client: Any) -> None:

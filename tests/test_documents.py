@@ -14,6 +14,7 @@ import pytest
 from app.api.documents import Compiler
 from app.api.schema import schema
 from tests.conftest import GraphQLClient, Mint
+from tests.helpers import bad_fields
 
 EVENT_FIELDS = (
     "id eventType accountId orderId state service serviceStatus description metadata "
@@ -134,6 +135,22 @@ async def test_reads_agree(
     fast, ordinary = await both_routes(client, monkeypatch, document, variables)
 
     assert fast == ordinary
+
+
+@pytest.mark.parametrize(
+    "after",
+    # base64url of "1:1:2147483648" and "1:9223372036854775808:1": beyond int4 and int8.
+    ["MToxOjIxNDc0ODM2NDg", "MTo5MjIzMzcyMDM2ODU0Nzc1ODA4OjE"],
+    ids=["version-beyond-int4", "position-beyond-int8"],
+)
+async def test_a_cursor_beyond_the_columns_is_bad_input_on_both_routes(
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch, after: str
+) -> None:
+    fast, ordinary = await both_routes(
+        client, monkeypatch, READ, {"a": ACCOUNT, "o": ORDER, "after": after}
+    )
+
+    assert (bad_fields(fast), bad_fields(ordinary)) == (["after"], ["after"])
 
 
 async def test_forbidden_write_agrees(

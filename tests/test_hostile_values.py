@@ -71,6 +71,7 @@ STORED_EXACTLY = {
     "metadata-2-to-the-64": {"metadata": f'{{"n": {2**64}}}'},
     "metadata-minus-2-to-the-63": {"metadata": f'{{"n": {-(2**63)}}}'},
     "metadata-negative-zero": {"metadata": '{"n": -0.0}'},
+    "metadata-zero-with-a-tiny-exponent": {"metadata": '{"n": 0.000e-400}'},
     "metadata-one-tenth": {"metadata": '{"n": 0.1}'},
     "metadata-integral-float": {"metadata": '{"n": 1.0}'},
     "metadata-prototype-keys": {"metadata": '{"__proto__": {"admin": true}, "constructor": 1}'},
@@ -117,6 +118,19 @@ REFUSED = {
     "metadata-key-lone-surrogate": ({"metadata": '{"\\udc00": 1}'}, "event.metadata", 200),
     "metadata-1e400": ({"metadata": '{"n": 1e400}'}, "event.metadata", 200),
     "metadata-minus-1e400": ({"metadata": '{"n": -1e400}'}, "event.metadata", 200),
+    # Not 0 as written, but a double would read them as 0: refused rather than changed.
+    "metadata-1e-400": ({"metadata": '{"n": 1e-400}'}, "event.metadata", 200),
+    "metadata-minus-1e-400": ({"metadata": '{"n": -1e-400}'}, "event.metadata", 200),
+    "metadata-below-the-smallest-subnormal": (
+        {"metadata": '{"n": 2e-324}'},
+        "event.metadata",
+        200,
+    ),
+    "metadata-underflow-deep-in-a-list": (
+        {"metadata": '{"n": [0.5, {"m": 0.0000001e-330}]}'},
+        "event.metadata",
+        200,
+    ),
     "metadata-integer-beyond-a-double": (
         {"metadata": f'{{"n": {10**309}}}'},
         "event.metadata",
@@ -136,6 +150,7 @@ REFUSED = {
         200,
     ),
     "expected-version-1e400": ({"expectedVersion": "1e400"}, "expectedVersion", 200),
+    "expected-version-1e-400": ({"expectedVersion": "1e-400"}, "expectedVersion", 200),
     # The body itself is not JSON (RFC 8259), or too big: the request is refused whole.
     "metadata-nan": ({"metadata": '{"n": NaN}'}, "request", 400),
     "metadata-infinity": ({"metadata": '{"n": Infinity}'}, "request", 400),

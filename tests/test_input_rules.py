@@ -3,10 +3,12 @@ field, and a refused request stores nothing."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from app.api.documents import Compiler
 from tests.helpers import (
     ACCOUNT,
     CREATE,
@@ -187,6 +189,67 @@ async def test_a_float_beyond_a_double_is_refused(client: Any) -> None:
     body = await client.execute(query)
 
     assert bad_fields(body) == ["event.metadata"]
+
+
+def with_metadata(metadata: str) -> str:
+    """createOrderEvent with ``metadata`` written in the document (and ``$m`` declared where
+    it uses it)."""
+    declared = "($m: JSON)" if "$m" in metadata else ""
+    return (
+        f'mutation{declared} {{ createOrderEvent(accountId: "T12345678", orderId: "o", '
+        f'event: {{service: "k", serviceStatus: "s", metadata: {metadata}}}) {{ metadata }} }}'
+    )
+
+
+@pytest.mark.parametrize("route", ["compiled", "ordinary"])
+@pytest.mark.parametrize(
+    "metadata", ["{x: 1e-400}", "{x: [1, -2E-999]}"], ids=["in-an-object", "in-a-list"]
+)
+async def test_a_literal_float_a_double_reads_as_zero_is_refused(
+    client: Any, monkeypatch: pytest.MonkeyPatch, route: str, metadata: str
+) -> None:
+    if route == "ordinary":
+        monkeypatch.setattr(Compiler, "plan", lambda *_args, **_kwargs: None)
+
+    body = await client.execute(with_metadata(metadata))
+
+    assert bad_fields(body) == ["event.metadata"]
+
+
+@pytest.mark.parametrize("route", ["compiled", "ordinary"])
+async def test_a_variable_float_a_double_reads_as_zero_is_refused(
+    client: Any, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    if route == "ordinary":
+        monkeypatch.setattr(Compiler, "plan", lambda *_args, **_kwargs: None)
+    content = json.dumps({"query": with_metadata("$m"), "variables": {"m": {"x": 1}}})
+
+    response = await client.http.post(
+        "/graphql",
+        content=content.replace('"x": 1', '"x": 1e-400'),
+        headers={
+            "content-type": "application/json",
+            "authorization": f"Bearer {client.default_token}",
+        },
+    )
+
+    assert bad_fields(response.json()) == ["event.metadata"]
+
+
+@pytest.mark.parametrize("route", ["compiled", "ordinary"])
+async def test_an_omitted_variable_in_a_json_literal_is_null_as_an_explicit_null_is(
+    client: Any, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    if route == "ordinary":
+        monkeypatch.setattr(Compiler, "plan", lambda *_args, **_kwargs: None)
+    query = with_metadata("{a: $m, b: [1, $m]}")
+
+    omitted = await client.execute(query, {})
+    null = await client.execute(query, {"m": None})
+
+    assert (
+        omitted == null == {"data": {"createOrderEvent": {"metadata": {"a": None, "b": [1, None]}}}}
+    )
 
 
 async def test_nan_in_a_json_body_is_refused(client: Any) -> None:

@@ -215,10 +215,24 @@ def _b64(text: str) -> str:
         pytest.param(_b64("1:-1:2"), id="negative-position"),
         pytest.param(_b64("1:5"), id="missing-part"),
         pytest.param(_b64("9:1:1"), id="unknown-format"),
+        # Numbers beyond the columns (version int4, position int8): never made here, and
+        # PostgreSQL would refuse them as parameters rather than find nothing after them.
+        pytest.param(_b64(f"1:1:{2**31}"), id="version-beyond-int4"),
+        pytest.param(_b64(f"1:{2**63}:1"), id="position-beyond-int8"),
+        pytest.param(_b64(f"1:{10**19 - 1}:{10**10 - 1}"), id="largest-digits"),
     ],
 )
 async def test_an_after_that_is_not_a_cursor_is_bad_user_input(client: Any, after: str) -> None:
     assert bad_fields(await timeline(client, after=after)) == ["after"]
+
+
+async def test_cursors_at_the_ends_of_the_columns_ranges_are_taken(client: Any) -> None:
+    await created(client)
+    smallest, largest = _b64("1:0:0"), _b64(f"1:{2**63 - 1}:{2**31 - 1}")
+
+    pages = [collection(await timeline(client, after=after)) for after in (smallest, largest)]
+
+    assert [[event["version"] for event in page["events"]] for page in pages] == [[1], []]
 
 
 async def test_bad_first_and_after_are_both_named(client: Any) -> None:

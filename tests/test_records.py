@@ -10,13 +10,15 @@ from typing import Any
 
 from app.api.schema import schema
 from app.api.types import OrderEventInput
-from app.models import OrderEvent
+from app.models import AccountStream, OrderEvent, OrderStream
 from app.records import (
     COLUMN_NAMES,
     COLUMNS,
     FIELD_NAMES,
     GIVEN_COLUMNS,
     NEW_EVENT_FIELDS,
+    POSITION_MAX,
+    VERSION_MAX,
     NewEvent,
     PendingEvent,
     StoredEvent,
@@ -81,3 +83,15 @@ def test_an_input_null_takes_the_posted_default() -> None:
     given = OrderEventInput(service="kitchen", service_status="cooking", state=None)
 
     assert given.to_new_event() == NewEvent(service="kitchen", service_status="cooking")
+
+
+def _largest(model: Any, name: str) -> int:
+    described = model.describe(serializable=True)
+    field = next(field for field in described["data_fields"] if field["name"] == name)
+    largest: int = field["constraints"]["le"]
+    return largest
+
+
+def test_cursors_take_exactly_the_numbers_the_columns_hold() -> None:
+    assert {_largest(OrderEvent, "position"), _largest(AccountStream, "position")} == {POSITION_MAX}
+    assert {_largest(OrderEvent, "version"), _largest(OrderStream, "version")} == {VERSION_MAX}

@@ -14,6 +14,7 @@ Once a subscriber has received an event, the next one written can only come live
 from __future__ import annotations
 
 import asyncio
+import base64
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -316,11 +317,32 @@ async def test_cursor_from_the_account_stream_resumes_an_order_stream(
     assert ids(received(results)) == ids([written[3], written[4]])
 
 
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+# (orderId, after): a cursor that was not made here, and numbers beyond the columns that the
+# order's stream (version, int4) and the account's (position, int8) compare them with.
+BAD_CURSORS = {
+    "not-a-cursor": (ORDER, "not-a-cursor"),
+    "version-beyond-int4": (ORDER, _b64(f"1:1:{2**31}")),
+    "position-beyond-int8": (None, _b64(f"1:{2**63}:1")),
+}
+
+
+@pytest.mark.parametrize("document", [COMPILED, ORDINARY], ids=["compiled", "ordinary"])
+@pytest.mark.parametrize(("order_id", "after"), BAD_CURSORS.values(), ids=BAD_CURSORS.keys())
 async def test_after_that_is_no_cursor_is_bad_user_input(
-    server: Server, api: GraphQLClient, mint: Mint, protocol: str
+    server: Server,
+    api: GraphQLClient,
+    mint: Mint,
+    protocol: str,
+    document: str,
+    order_id: str | None,
+    after: str,
 ) -> None:
     async with subscriber(server, mint(), protocol) as ws:
-        op = await ws.subscribe(SUBSCRIBE, watching(after="not-a-cursor"))
+        op = await ws.subscribe(document, watching(order_id, after=after))
         error = await ws.error(op)
 
     assert error["extensions"]["code"] == "BAD_USER_INPUT"

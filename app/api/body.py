@@ -10,6 +10,8 @@ from typing import Any
 from cross_web import HTTPException
 from starlette.types import Message, Receive, Scope
 
+from app.validation import read_float
+
 
 class InvalidJSON(json.JSONDecodeError):
     """A body or message that is not strict JSON. A ``JSONDecodeError``, so that Strawberry's
@@ -36,7 +38,9 @@ def _not_a_number(constant: str) -> Any:
     raise InvalidJSON(f"{constant} is not a JSON number")
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_not_a_number)
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_not_a_number, parse_float=read_float
+)
 
 
 def decode_json(data: str | bytes) -> object:
@@ -47,8 +51,10 @@ def decode_json(data: str | bytes) -> object:
     an object may not repeat a key (the service stores what it was given, and of
     ``{"a": 1, "a": 2}`` it could keep only one value); nesting too deep for the parser is a
     refusal, not a ``RecursionError``; the text must be UTF-8 (``json.loads`` would guess
-    UTF-16 and UTF-32 too). Numbers beyond a double (``1e400``) parse, to infinity, so that
-    the input rules can refuse them naming the field that holds them."""
+    UTF-16 and UTF-32 too). Numbers beyond a double (``1e400``) parse, to infinity, and
+    numbers a double would read as 0 though they are not 0 (``1e-400``) to a ``Decimal``
+    (``app.validation.read_float``), so that the input rules can refuse them naming the
+    field that holds them."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8")

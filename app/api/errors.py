@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from graphql import GraphQLError
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from app.db import is_unavailable
 from app.errors import ServiceError
@@ -33,6 +35,9 @@ _ARGUMENT_FIELD = re.compile(r"(?:Argument|Field) '([\w.]+)'")
 _INPUT_FIELD = re.compile(r"(?:required|unknown) field '(\w+)'")
 
 
+_DOCUMENT_REFUSALS = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+
+
 def convert(error: GraphQLError, request_id: str) -> GraphQLError:
     original = error.original_error
     if isinstance(original, ServiceError):
@@ -40,7 +45,14 @@ def convert(error: GraphQLError, request_id: str) -> GraphQLError:
         return _rebuild(error, original.message, extensions)
     # graphql-core 3.3 wraps a variable's coercion error: a GraphQLError as the original of an
     # error without a path (nothing ran yet) is still the client's input, not a server fault.
-    if original is None or (isinstance(original, GraphQLError) and not error.path):
+    # So are Strawberry's refusals of a document (no query, no such operation, an operation
+    # type the route does not run): its HTTP view answers them, but over WebSocket they
+    # arrive here.
+    if (
+        original is None
+        or (isinstance(original, GraphQLError) and not error.path)
+        or isinstance(original, _DOCUMENT_REFUSALS)
+    ):
         if error.extensions and "code" in error.extensions:
             return error
         field = _field_named_by(error.message)

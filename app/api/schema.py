@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
 
 import strawberry
+from graphql import (
+    FloatValueNode,
+    GraphQLError,
+    ListValueNode,
+    ObjectValueNode,
+    ValueNode,
+    VariableNode,
+    value_from_ast_untyped,
+)
 from strawberry.extensions import ParserCache
+from strawberry.scalars import JSON
+from strawberry.schema.types.scalar import DEFAULT_SCALAR_REGISTRY
 from strawberry.types import Info
 
 from app import live
@@ -16,6 +29,7 @@ from app.api.context import Context
 from app.api.errors import ErrorCodes
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
+from app.validation import read_float
 
 AccountId = Annotated[
     strawberry.ID,
@@ -150,6 +164,40 @@ class Subscription:
             feed.close()
 
 
+class CachedParse(ParserCache):
+    """Strawberry's parser cache, but a document that does not parse is left to Strawberry's
+    own parse, which reports the error: raised from this hook, it escapes a subscription's
+    error handling, and the operation's task dies with a traceback while its client waits for
+    ever. (Such a document is parsed twice; a parse stops at its first error.)"""
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        with contextlib.suppress(GraphQLError):
+            context.graphql_document = self.cached_parse_document(
+                context.query, **context.parse_options
+            )
+        yield
+
+
+def json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
+    """A JSON value written in a document, as graphql-core reads one, but for two things: a
+    float is read by ``read_float``, as a JSON text's is, and a variable left out is null, as
+    when it is given as null (graphql-core leaves an undefined value, which no JSON holds)."""
+    if isinstance(node, ObjectValueNode):
+        return {field.name.value: json_literal(field.value, variables) for field in node.fields}
+    if isinstance(node, ListValueNode):
+        return [json_literal(item, variables) for item in node.values]
+    if isinstance(node, FloatValueNode):
+        return read_float(node.value)
+    if isinstance(node, VariableNode):
+        return (variables or {}).get(node.name.value)
+    return value_from_ast_untyped(node, variables)
+
+
+# Strawberry's JSON scalar, reading values written in documents with json_literal.
+_JSON = dataclasses.replace(DEFAULT_SCALAR_REGISTRY[JSON], parse_literal=json_literal)
+
+
 class Schema(strawberry.Schema):
     def process_errors(self, errors: Any, execution_context: Any = None) -> None:
         # ErrorCodes logs the unexpected errors, with the request id; a client's bad input or
@@ -166,7 +214,8 @@ def build_schema() -> strawberry.Schema:
         # clients send the same few documents over and over. OperationLimits checks a
         # document before validating it, and remembers its verdict (in place of
         # Strawberry's ValidationCache, which would validate it first).
-        extensions=[ParserCache, OperationLimits, OperationName, ErrorCodes],
+        extensions=[CachedParse, OperationLimits, OperationName, ErrorCodes],
+        scalar_overrides={JSON: _JSON},
     )
 
 

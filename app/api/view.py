@@ -29,7 +29,13 @@ from app.api.body import InvalidJSON, decode_json
 from app.api.context import Context, authenticate
 from app.api.documents import Compiler, Payloads
 from app.api.errors import convert
-from app.api.websocket import Connections, LegacyWSHandler, TransportWSHandler, find_authorization
+from app.api.websocket import (
+    Connections,
+    LegacyWSHandler,
+    TransportWSHandler,
+    WebSocketAdapter,
+    find_authorization,
+)
 from app.auth import TokenValidator
 from app.broker import Broker
 from app.encoding import encode_json, new_request_id
@@ -42,6 +48,8 @@ JSON = "application/json"
 
 
 class GraphQLView(GraphQL[Context, None]):
+    websocket_adapter_class = WebSocketAdapter
+
     def __init__(
         self,
         schema: BaseSchema,
@@ -188,8 +196,8 @@ def shape_result(result: ExecutionResult, media_type: str, request_id: str) -> S
     """The body, status and extra headers of ``result`` answered as ``media_type``."""
     errors = result.errors or []
     if errors:
-        # A syntax error raised by ParserCache's parse hook escapes the operation hook that
-        # maps errors (ErrorCodes): map whatever it missed here, so every error has a code.
+        # An error raised in an extension's hook escapes the operation hook that maps errors
+        # (ErrorCodes): map whatever it missed here, so every error has a code.
         errors = [
             error if (error.extensions or {}).get("code") else convert(error, request_id)
             for error in errors

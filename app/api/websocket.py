@@ -11,7 +11,10 @@ promises on top:
   never outlives its token;
 - idle pings on graphql-transport-ws (graphql-ws has its own keep-alive, ``ka``);
 - ``drain_all`` completes every open subscription and closes with 1001 (going away), so
-  clients reconnect elsewhere and resume with their last cursor.
+  clients reconnect elsewhere and resume with their last cursor;
+- a message that is no message of the protocol is refused as each protocol has it (close
+  4400 on graphql-transport-ws; ``connection_error``, or ``error`` for the operation it would
+  start, on graphql-ws, whose connection stays open), and logged once per connection.
 """
 
 from __future__ import annotations
@@ -22,17 +25,14 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Container
 from typing import Any, cast
 
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
 from strawberry.http.async_base_view import AsyncWebSocketAdapter
-from strawberry.http.exceptions import (
-    NonJsonMessageReceived,
-    NonTextMessageReceived,
-    WebSocketDisconnected,
-)
+from strawberry.http.exceptions import NonTextMessageReceived, WebSocketDisconnected
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -132,6 +132,101 @@ async def _close_quietly(close: Any, code: int, reason: str) -> None:
         await close(code, reason)
 
 
+# A close frame carries at most 125 bytes: the code's 2 and the reason's.
+_CLOSE_REASON_MAX = 123
+
+
+class WebSocketAdapter(ASGIWebSocketAdapter):
+    """Strawberry's adapter (the view's ``websocket_adapter_class``), its close reasons cut to
+    what a close frame carries: Strawberry puts a client's text into some (an unknown message
+    type), and a longer reason would fail the close itself."""
+
+    async def close(self, code: int, reason: str) -> None:
+        fitting = reason.encode()[:_CLOSE_REASON_MAX].decode(errors="ignore")
+        await super().close(code, fitting)
+
+
+def message_problem(message: object, naming_an_operation: Container[str]) -> str | None:
+    """What makes ``message`` no message of a GraphQL-over-WebSocket protocol, as far as its
+    shape goes: an object with a string ``type`` and, for the types in
+    ``naming_an_operation``, a string ``id``. None when it is one."""
+    if not isinstance(message, dict):
+        return "a message must be a JSON object"
+    kind = message.get("type")
+    if not isinstance(kind, str):
+        return "a message's type must be a string"
+    if kind in naming_an_operation and not isinstance(message.get("id"), str):
+        return f"a {kind} message's id must be a string"
+    return None
+
+
+def request_problem(payload: object) -> str | None:
+    """What makes the payload of a message starting an operation no GraphQL request (both
+    protocols ask for the same: a query string, variables an object, an operation name a
+    string); None when it is one."""
+    if not isinstance(payload, dict):
+        return "the payload must be an object"
+    if not isinstance(payload.get("query"), str):
+        return "the payload's query must be a string"
+    if not isinstance(payload.get("variables"), dict | None):
+        return "the payload's variables must be an object or null"
+    if not isinstance(payload.get("operationName"), str | None):
+        return "the payload's operationName must be a string or null"
+    return None
+
+
+class _MessagesMixin(_TimersMixin):
+    """Reading a connection's messages, for both handlers. Strawberry reads through an async
+    generator (``iter_json``) and ``receive_text``: three more suspended frames under every
+    idle connection, and the last message (for a subscriber, its whole subscribe document)
+    kept alive by the loop's variables while the connection waits for the next. Here a
+    message is dropped once handled."""
+
+    view: Any
+    subprotocol: str
+    # The protocol's handler has them; handle_unreadable answers text that is not JSON.
+    handle_message: Callable[[Any], Awaitable[None]]
+    handle_unreadable: Callable[[str], Awaitable[None]]
+    _reported_invalid = False
+
+    async def read_messages(self) -> None:
+        """Handles the connection's messages in turn until it closes; a binary message raises
+        ``NonTextMessageReceived``."""
+        socket = self.socket
+        while socket.application_state is not WebSocketState.DISCONNECTED:
+            received = await socket.receive()
+            if received["type"] == "websocket.disconnect":
+                break
+            try:
+                text = received["text"]
+            except KeyError:
+                raise NonTextMessageReceived() from None
+            del received
+            try:
+                message = self.view.decode_json(text)
+            except json.JSONDecodeError:
+                del text
+                await self.handle_unreadable("WebSocket message must be valid JSON")
+                continue
+            del text
+            await self.handle_message(message)
+            del message
+
+    def report_invalid(self, reason: str) -> None:
+        """Logs a message refused as no message of the protocol: the first of the connection
+        only (graphql-ws keeps the connection open, and a client could send them forever),
+        one line, no traceback: the client's mistake, not the server's."""
+        if self._reported_invalid:
+            return
+        self._reported_invalid = True
+        logger.warning(
+            "invalid WebSocket message request_id=%s protocol=%s reason=%r",
+            self.context.request_id,
+            self.subprotocol,
+            reason,
+        )
+
+
 def _limit_error(limit: int) -> dict[str, Any]:
     return {
         "message": f"subscription limit reached: at most {limit} per connection; "
@@ -186,7 +281,8 @@ class LiveOperation(Operation[Context, None]):
             self.feed.close()
 
 
-class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, None]):
+class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, None]):
+    subprotocol = GRAPHQL_TRANSPORT_WS_PROTOCOL
     connections: Connections
     ping_interval: float
     compiler: Compiler
@@ -201,7 +297,26 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
         coroutine fewer: the live route sends one frame per subscriber per event."""
         return self.socket.send({"type": "websocket.send", "text": text})
 
+    async def handle_message(self, message: Any) -> None:
+        # Strawberry reads a message's fields as if they were there, of the right types.
+        problem = message_problem(message, ("subscribe", "complete"))
+        if problem is not None:
+            await self.handle_invalid_message(problem)
+            return
+        await super().handle_message(message)
+
+    async def handle_invalid_message(self, error_message: str) -> None:
+        self.report_invalid(error_message)
+        await super().handle_invalid_message(error_message)
+
+    async def handle_unreadable(self, reason: str) -> None:
+        await self.handle_invalid_message(reason)
+
     async def handle_subscribe(self, message: Any) -> None:
+        # Before connection_init, Strawberry closes with 4401 whatever the payload.
+        if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
+            await self.handle_invalid_message(problem)
+            return
         # Strawberry refuses with a bare message; the contract wants an error code.
         limit = self.max_subscriptions_per_connection
         if (
@@ -262,42 +377,20 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
         await super().cleanup_operation(operation_id)
 
     async def handle(self) -> None:
-        """Strawberry's ``handle``, with its reading loop written out. Strawberry reads
-        through an async generator (``iter_json``) and ``receive_text``: three more
-        suspended frames under every idle connection, and the last message (for a
-        subscriber, its whole subscribe document) kept alive by the loop's variables
-        while the connection waits for the next. Here a message is dropped once handled,
-        and the behaviour is Strawberry's: a binary or non-JSON message closes the
-        connection with 4400, a disconnect ends the loop, and ``shutdown`` always runs."""
+        """Strawberry's ``handle``, reading with ``read_messages``; the behaviour is
+        Strawberry's: a binary or non-JSON message closes the connection with 4400, a
+        disconnect ends the loop, and ``shutdown`` always runs."""
         started = time.perf_counter()
         self.connections.open.add(self)
         if self.ping_interval > 0:
             self._schedule_ping()
-        socket = self.socket
         try:
             self.on_request_accepted()
             try:
                 try:
-                    while socket.application_state is not WebSocketState.DISCONNECTED:
-                        received = await socket.receive()
-                        if received["type"] == "websocket.disconnect":
-                            break
-                        try:
-                            text = received["text"]
-                        except KeyError:
-                            raise NonTextMessageReceived() from None
-                        del received
-                        try:
-                            message = self.view.decode_json(text)
-                        except json.JSONDecodeError as error:
-                            raise NonJsonMessageReceived() from error
-                        del text
-                        await self.handle_message(cast(Any, message))
-                        del message
+                    await self.read_messages()
                 except NonTextMessageReceived:
                     await self.handle_invalid_message("WebSocket message type must be text")
-                except NonJsonMessageReceived:
-                    await self.handle_invalid_message("WebSocket message must be valid JSON")
             except WebSocketDisconnected:
                 pass
             finally:
@@ -359,29 +452,78 @@ class TransportWSHandler(_TimersMixin, BaseGraphQLTransportWSHandler[Context, No
         await _close_quietly(self.websocket.close, GOING_AWAY, "server going away")
 
 
-class LegacyWSHandler(_TimersMixin, BaseGraphQLWSHandler[Context, None]):
+# The messages a graphql-ws client sends.
+_LEGACY_MESSAGES = frozenset({"connection_init", "connection_terminate", "start", "stop"})
+
+
+class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
+    subprotocol = GRAPHQL_WS_PROTOCOL
     connections: Connections
     init_timeout: float
 
     async def handle(self) -> None:
+        """Strawberry's ``handle``, reading with ``read_messages``: a binary message closes
+        the connection with 1002 as there, but text that is not JSON is answered with
+        ``connection_error``, as the protocol has it, rather than ignored without a word."""
         started = time.perf_counter()
         self.connections.open.add(self)
         # graphql-ws has no init timeout of its own: without one, a connection could stay
         # open unauthenticated for as long as its client likes.
         waiting = deadlines().call_later(self.init_timeout, self._close_unless_initialised)
         try:
-            await super().handle()
+            try:
+                try:
+                    await self.read_messages()
+                except NonTextMessageReceived:
+                    await self.websocket.close(1002, "WebSocket message type must be text")
+            except WebSocketDisconnected:
+                pass
+            finally:
+                if self.keep_alive_task is not None:
+                    self.keep_alive_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await self.keep_alive_task
+                await self.cleanup()
         finally:
             waiting.cancel()
             self.connections.open.discard(self)
             self.stop_watching_expiry()
             self.log_connection(started)
 
+    async def handle_message(self, message: Any) -> None:
+        # Strawberry reads a message's fields as if they were there, of the right types, and
+        # ignores a type it does not know.
+        problem = message_problem(message, ("start", "stop"))
+        if problem is None and message["type"] not in _LEGACY_MESSAGES:
+            problem = "unknown message type"
+        if problem is not None:
+            await self.refuse_message(problem)
+            return
+        await super().handle_message(message)
+
+    async def handle_unreadable(self, reason: str) -> None:
+        await self.refuse_message(reason)
+
+    async def refuse_message(self, reason: str) -> None:
+        """Answers a message that is no message of the protocol as the protocol has it:
+        ``connection_error``, and the message is otherwise ignored."""
+        self.report_invalid(reason)
+        refusal: Any = {"type": "connection_error", "payload": {"message": reason}}
+        await self.send_message(refusal)
+
     def _close_unless_initialised(self) -> None:
         if not self.connection_acknowledged:
             self.close_later(4408, "Connection initialisation timeout")
 
     async def handle_start(self, message: Any) -> None:
+        # Before connection_init, Strawberry closes with 4401 whatever the payload.
+        if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
+            self.report_invalid(problem)
+            # A start replaces the operation of its id, as in Strawberry, even one that fails.
+            await self.cleanup_operation(message["id"])
+            refusal: Any = {"type": "error", "id": message["id"], "payload": {"message": problem}}
+            await self.send_message(refusal)
+            return
         limit = self.max_subscriptions_per_connection
         if (
             self.connection_acknowledged
@@ -389,7 +531,7 @@ class LegacyWSHandler(_TimersMixin, BaseGraphQLWSHandler[Context, None]):
             and message["id"] not in self.tasks
             and len(self.tasks) >= limit
         ):
-            refusal: Any = {"type": "error", "id": message["id"], "payload": _limit_error(limit)}
+            refusal = {"type": "error", "id": message["id"], "payload": _limit_error(limit)}
             await self.send_message(refusal)
             return
         await super().handle_start(message)
