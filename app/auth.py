@@ -68,9 +68,8 @@ MAX_SUBJECT_LENGTH = 40
 SCOPE_RESOURCE = "shopping"
 ANY_SEGMENT = "ANY"
 
-# ES256 for the development issuer: a P-256 key is generated in about a millisecond (RSA takes
-# tens to hundreds of milliseconds), its signatures are 64 bytes instead of 256, and ES256 is
-# in the default algorithm list.
+# ES256 for the development issuer: a P-256 key is generated far faster than an RSA one, its
+# signatures are 64 bytes instead of 256, and ES256 is in the default algorithm list.
 LOCAL_ALGORITHM = "ES256"
 
 # The JOSE `typ` of an access token (RFC 9068). Many issuers type their access tokens with the

@@ -179,9 +179,10 @@ _ROW = "(" + ", ".join("?" * len(COLUMN_NAMES)) + ")"
 
 
 async def _insert(connection: BaseDBAsyncClient, rows: list[PendingEvent]) -> None:
-    """One multi-row INSERT for the batch (the ORM's bulk_create cost a tenth of a write's
-    CPU building its query). The datetime goes to the driver as it is: Tortoise's SQLite
-    adapter writes the same text as the ORM does; the state is a str, its text."""
+    """One multi-row INSERT for the batch: the ORM's bulk_create spent a noticeable share of
+    a write's CPU building its query (docs/benchmarks.md). The datetime goes to the driver as
+    it is: Tortoise's SQLite adapter writes the same text as the ORM does; the state is a
+    str, its text."""
     values = ", ".join(_ROW for _ in rows)
     sql = f"INSERT INTO order_events ({COLUMNS}) VALUES {values}"  # noqa: S608
     params: list[object] = []
