@@ -11,10 +11,6 @@ Errors:
 
     TokenError          the token cannot be trusted: the client is UNAUTHENTICATED
     KeySourceError      the issuer's keys could not be loaded: a server fault, not the client's
-
-The JWT work is done by joserfc, the library Authlib 1.9's own JWT code runs on. Authlib's
-RFC 9068 validator is not used as is: it is synchronous, wants one fixed audience, a client_id
-and jti in every token, and decodes without an explicit algorithm list.
 """
 
 from __future__ import annotations
@@ -163,6 +159,10 @@ class KeySource(Protocol):
 
 class TokenValidator:
     """Turns a bearer token into the `Principal` it speaks for, or raises `TokenError`.
+
+    The JWT work is joserfc's, the library Authlib 1.9's own JWT code runs on. Authlib's
+    RFC 9068 validator is not used as is: it is synchronous, wants one fixed audience, a
+    client_id and jti in every token, and decodes without an explicit algorithm list.
 
     Beyond signature and claims, the JOSE header must type the token `at+jwt` (RFC 9068); an
     external issuer's token may be typed `JWT` instead. Types compare case-insensitively, with

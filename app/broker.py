@@ -1,18 +1,11 @@
 """Live delivery: committed events reach the subscriptions of every server process.
 
-    Hub               this process's subscriptions, indexed by account and order; fans an
-                      event out to the matching ones, each into a bounded buffer
-    Broker            brings every committed event into the hub of every process
-     ├── LocalBroker      SQLite (one process): the writer publishes right after its commit
-     └── PostgresBroker   NOTIFY inside the writer's transaction, so it is delivered at commit
-                          and in commit order, to every process LISTENing; the listening
-                          connection is its own (a pool's reset would UNLISTEN), is checked
-                          every few seconds, and reconnects by itself
+    Hub                  this process's subscriptions; fans an event out to the matching ones
+    Broker               brings every committed event into the hub of every process
+     ├── LocalBroker     SQLite (one process): the writer publishes right after its commit
+     └── PostgresBroker  NOTIFY in the writer's transaction, LISTEN in every process
 
-Notifications are not kept for a listener that was away, so after a reconnect every
-subscription is told to catch up from the table (``RESYNC``). A subscription never trusts
-the feed to be complete: it also catches up whenever the next position or version it
-receives is not the one it expected (see ``app.live``).
+A subscription never trusts the feed to be complete: see ``RESYNC`` and ``app.live``.
 """
 
 from __future__ import annotations
@@ -115,6 +108,9 @@ class Subscription:
 
 
 class Hub:
+    """This process's subscriptions, indexed by account and order; ``publish`` fans an event
+    out to the matching ones, each into its bounded buffer."""
+
     def __init__(self) -> None:
         self._by_order: dict[tuple[str, str], set[Subscription]] = {}
         self._by_account: dict[str, set[Subscription]] = {}
@@ -203,6 +199,12 @@ class LocalBroker(Broker):
 
 
 class PostgresBroker(Broker):
+    """NOTIFY inside the writer's transaction, so an event is delivered at commit and in
+    commit order, to every process LISTENing. The listening connection is its own (a pool's
+    reset would UNLISTEN), is checked every few seconds, and reconnects by itself; as
+    notifications are not kept for a listener that was away, every subscription is then told
+    to catch up from the table (``RESYNC``)."""
+
     def __init__(
         self,
         database_url: str,

@@ -1,20 +1,9 @@
 """Database configuration and migrations, for SQLite and PostgreSQL alike; what an outage
 looks like from here.
 
-On PostgreSQL every wait on the database is bounded, so that a request fails with "database
-unavailable" rather than hanging when the server is down or stalled:
-
-- a new connection: ``DB_CONNECT_TIMEOUT_SECONDS`` (asyncpg's ``timeout``);
-- one statement: ``DB_COMMAND_TIMEOUT_SECONDS`` (asyncpg's ``command_timeout``);
-- a free connection from the pool: the same, by ``PostgresClient`` below (Tortoise's own
-  client waits forever, so a stalled server would make requests queue without end).
-
-Tortoise opens the pool on first use, one request at a time under a lock; with connections
-to open at once (``DB_POOL_MIN_SIZE`` above 0) and the server down, requests would queue
-there a connection timeout each, so by default the pool opens empty and connects on demand.
-
-When the server comes back nothing needs restarting: asyncpg's pool replaces a connection
-that died the next time it is handed out.
+On PostgreSQL every wait on the database is bounded (a new connection, one statement, a free
+connection from the pool), so that a request fails with "database unavailable" rather than
+hanging while the server is down or stalled; when it comes back, nothing needs restarting.
 """
 
 from __future__ import annotations
@@ -51,7 +40,9 @@ def is_postgres(database_url: str) -> bool:
 def tortoise_config(database_url: str, settings: Settings | None = None) -> dict[str, Any]:
     """The Tortoise config for ``database_url``; creates a SQLite file's folder. Timeouts and
     pool sizes come from ``settings`` (their defaults without); a value given in the URL's
-    query (``?timeout=3``) wins."""
+    query (``?timeout=3``) wins. On PostgreSQL, ``DB_CONNECT_TIMEOUT_SECONDS`` bounds a new
+    connection (asyncpg's ``timeout``) and ``DB_COMMAND_TIMEOUT_SECONDS`` one statement
+    (``command_timeout``) and the wait for a pooled connection (``PostgresClient``)."""
     settings = settings or Settings()
     connection = expand_db_url(database_url)
     credentials = connection["credentials"]
@@ -62,6 +53,9 @@ def tortoise_config(database_url: str, settings: Settings | None = None) -> dict
         credentials["command_timeout"] = float(
             credentials.get("command_timeout", settings.db_command_timeout_seconds)
         )
+        # Tortoise opens the pool on first use, one request at a time under a lock: with
+        # connections to open at once and the server down, requests would queue there a
+        # connect timeout each. So by default (DB_POOL_MIN_SIZE 0) the pool opens empty.
         credentials.setdefault("minsize", settings.db_pool_min_size)
         credentials.setdefault("maxsize", settings.db_pool_max_size)
     if connection["engine"] == "tortoise.backends.sqlite":
@@ -238,9 +232,11 @@ async def _keep_session(_connection: asyncpg.Connection) -> None:
 
 class PostgresClient(AsyncpgDBClient):
     """Tortoise's asyncpg client, but a request waits for a free connection from the pool
-    no longer than one statement may take (``command_timeout``), a failed BEGIN leaks
+    no longer than one statement may take (``command_timeout``; Tortoise's own waits forever,
+    so a stalled server would make requests queue without end), a failed BEGIN leaks
     nothing (``_Connection``), and a connection goes back to the pool without a reset query
-    (``_keep_session``)."""
+    (``_keep_session``). After an outage nothing needs restarting: asyncpg's pool replaces a
+    connection that died the next time it is handed out."""
 
     connection_class = _Connection
 

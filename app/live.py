@@ -5,10 +5,6 @@ both are gap-free and in commit order (see ``app.models``), so it subscribes to 
 before it reads where to start, skips what it has delivered, and catches up from the table
 whenever the next number is not the one it expected or the broker says notifications may
 have been lost: every event once, in order, whether it came from the table or the hub.
-
-The hub pushes to a feed, which holds no task or coroutine while nothing happens (thousands
-of idle subscriptions cost their buffers, not suspended coroutine stacks). The compiled
-WebSocket route is its receiver; the GraphQL resolver takes events from a ``Handoff``.
 """
 
 from __future__ import annotations
@@ -113,7 +109,8 @@ async def _catch_up(
 
 
 class Receiver(Protocol):
-    """Where a ``Feed`` delivers."""
+    """Where a ``Feed`` delivers: the compiled WebSocket route's operation, or a ``Handoff``
+    for the GraphQL resolver."""
 
     async def send_event(self, event: StoredEvent) -> None:
         """Delivers one event; the feed awaits it before the next."""
@@ -124,10 +121,12 @@ class Receiver(Protocol):
 
 
 class Feed(Subscription):
-    """One subscriber's stream, pushed to by the hub: a task runs only while there is
-    something to deliver or to read from the table, and ends once the buffer is empty.
-    Subscribed before the start is read; ``SlowConsumer`` when the buffer overflows (it
-    fills while the receiver's ``send_event`` waits). Call ``check`` first."""
+    """One subscriber's stream, pushed to by the hub, holding no task or coroutine while
+    nothing happens (thousands of idle subscriptions cost their buffers, not suspended
+    coroutine stacks): a task runs only while there is something to deliver or to read from
+    the table, and ends once the buffer is empty. Subscribed before the start is read;
+    ``SlowConsumer`` when the buffer overflows (it fills while the receiver's ``send_event``
+    waits). Call ``check`` first."""
 
     __slots__ = ("_after", "_closed", "_loop", "_progress", "_receiver", "_task")
 

@@ -1,14 +1,9 @@
 """Storage: an append-only table of order events, and head rows that number them.
 
-Appending an event bumps two head rows with upserts inside the event's transaction: the
-account's (``AccountStream.position``) and the order's (``OrderStream.version``). An upsert
-locks its row until commit, so concurrent writers to one account queue there and take
-positions and versions 1, 2, 3, ... with no gap or repeat, in commit order. Commit order is
-what live subscribers need: an account's events reach them, and are replayed to them, in
-position order, and a missing position is a gap to fill from the table, never an event that
-is still to commit. (A table-wide sequence would not do: sequence values are taken at insert,
-so a lower one can commit after a higher one was already delivered.) The price is that
-writers to one account take turns at their commit; accounts never wait for each other.
+Events are numbered by head rows bumped in the event's transaction, not by a table-wide
+sequence: sequence values are taken at insert, so a lower one can commit after a higher one
+was already delivered, while head rows number an account's events in commit order, which is
+what live subscribers need (see the comment on ``AccountStream``).
 """
 
 from __future__ import annotations
@@ -20,6 +15,14 @@ from tortoise.models import Model
 from app.records import EventState
 
 
+# Appending an event bumps two head rows with upserts inside the event's transaction: the
+# account's (``AccountStream.position``) and the order's (``OrderStream.version``). An upsert
+# locks its row until commit, so concurrent writers to one account queue there and take
+# positions and versions 1, 2, 3, ... with no gap or repeat, in commit order: an account's
+# events reach live subscribers, and are replayed to them, in position order, and a missing
+# position is a gap to fill from the table, never an event still to commit. The price is that
+# writers to one account take turns at their commit; accounts never wait for each other.
+# (Comments, not docstrings: Tortoise records a model's docstring as its table's description.)
 class AccountStream(Model):
     id = fields.BigIntField(primary_key=True)
     account_id = fields.CharField(max_length=9, unique=True)

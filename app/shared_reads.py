@@ -1,15 +1,9 @@
 """Reads of the table that subscriptions asking for the same thing at the same time share.
 
-After a deploy or a network blip, thousands of clients reconnect at once: each subscription
-looks up its stream's head, or reads what it missed since its cursor, and most ask exactly
-the same question. One query per question, not one per subscription, keeps the pool (or
-SQLite's single thread) free for writers, and keeps the surge of result rows out of memory.
-
-A shared answer must be as fresh as the one a caller would have got alone: the caller relies
-on it holding everything committed before it asked (what it subscribed to the hub after, or
-what the gap it saw had skipped). So a caller joins a read only while that read has not
-begun; once one is under way, later callers are queued for one more read, run when it ends
-and shared by all of them. A key has at most one read running and one waiting.
+After a deploy or a network blip, thousands of clients reconnect at once, and most of their
+subscriptions ask exactly the same question: their stream's head, or what they missed since
+a cursor. One query per question, not one per subscription, keeps the pool (or SQLite's
+single thread) free for writers, and keeps the surge of result rows out of memory.
 """
 
 from __future__ import annotations
@@ -39,7 +33,13 @@ class _Read:
 
 class SharedReads:
     """``read(key, fetch)``: ``fetch()``'s answer, shared with every caller of the same key
-    whose call came before the read began."""
+    whose call came before the read began.
+
+    A shared answer must be as fresh as the one a caller would have got alone: the caller
+    relies on it holding everything committed before it asked (what it subscribed to the hub
+    after, or what the gap it saw had skipped). So a caller joins a read only while that read
+    has not begun; later callers are queued for one more read, run when it ends and shared by
+    all of them. A key has at most one read running and one waiting."""
 
     def __init__(self) -> None:
         # Per key, its newest read: running, or waiting for the one running to end.

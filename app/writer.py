@@ -1,17 +1,8 @@
 """Storing events: versions, positions, commit, and handing them to live subscribers.
 
-Plain appends are group-committed: while one transaction commits, the appends that arrive
-queue up, and the next transaction stores all of them at once — one commit (one fsync)
-for many events, and a few statements whatever their number: on PostgreSQL one
-(``_one_statement``), on SQLite one per account and two more. Nobody waits for a batch to
-fill: an append that finds the writer idle starts a transaction at once. Each request
-still gets its answer only after its own event is committed.
-
-Appends with an idempotency key or an expected version take a transaction of their own:
-their checks decide, per event, whether it is stored at all.
-
-Either way, an account's head row is bumped first and then its orders' (sorted), so every
-writer takes its row locks in the same order and none can deadlock another.
+Plain appends are group-committed (``EventWriter``): one commit, one fsync, for many events.
+Whatever the path, an account's head row is bumped first and then its orders' (sorted), so
+every writer takes its row locks in the same order and none can deadlock another.
 """
 
 from __future__ import annotations
@@ -62,6 +53,12 @@ class Publisher(Protocol):
 
 
 class EventWriter:
+    """While one transaction commits, the plain appends that arrive queue up, and the next
+    transaction stores all of them at once, in a few statements whatever their number (on
+    PostgreSQL one, ``_one_statement``; on SQLite one per account and two more). Nobody waits
+    for a batch to fill: an append that finds the writer idle starts a transaction at once.
+    Each request still gets its answer only after its own event is committed."""
+
     def __init__(self, publisher: Publisher | None = None, *, max_batch: int = MAX_BATCH):
         self._publisher = publisher
         self._max_batch = max_batch
@@ -143,6 +140,8 @@ class EventWriter:
     async def _append_checked(
         self, pending: PendingEvent, key: idempotency.Key | None, expected_version: int | None
     ) -> StoredEvent:
+        """An append with an idempotency key or an expected version, in a transaction of its
+        own: its checks decide whether the event is stored at all."""
         async with in_transaction() as connection:
             if key is not None and not await idempotency.claim(connection, key):
                 raise idempotency.KeyTaken()

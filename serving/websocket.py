@@ -3,12 +3,8 @@
 ``scripts/serve`` serves with it (``--ws serving:WebSocketProtocol``); the application runs
 the same under stock uvicorn (``--ws websockets-sansio``), and its WebSocket tests run under
 both. Most of what uvicorn keeps per idle connection is needed only until the handshake is
-answered: this subclass lets it go and keeps lighter queues and timers (what each part saves:
-docs/benchmarks.md, "Serving adapter"). The handshake, pings, closes, size limits, flow
-control and shutdown stay uvicorn's own code.
-
-It relies on uvicorn's internals (checked with 0.54 and 0.55): a connection that finds them
-otherwise logs one warning and runs as stock uvicorn's.
+answered: this subclass lets it go and keeps lighter queues and timers. The handshake, pings,
+closes, size limits, flow control and shutdown stay uvicorn's own code.
 """
 
 from __future__ import annotations
@@ -225,7 +221,9 @@ _EXTENDED_METHODS = ("handle_connect", "receive", "send", "schedule_ping", "send
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's ``websockets-sansio`` protocol, its parts swapped for lighter ones where they
-    are as expected (``_light``)."""
+    are as expected (``_light``; what each part saves: docs/benchmarks.md, "Serving
+    adapter"). It relies on uvicorn's internals (checked with 0.54 and 0.55): a connection
+    that finds them otherwise logs one warning and runs as stock uvicorn's."""
 
     __slots__ = (*_UVICORN_ATTRIBUTES, "_light")
 

@@ -1,17 +1,9 @@
-"""The access log: one JSON line per HTTP request on the ``app.access`` logger.
+"""The access log: one JSON line per HTTP request, and one per WebSocket connection when it
+ends, on the ``app.access`` logger (fields: ``write_line``).
 
-    {"requestId": "…", "method": "POST", "operation": "Timeline", "account": "T12345678",
-     "caller": "kitchen-1", "client": "203.0.113.7", "status": 200, "durationMs": 3.1,
-     "errors": ["BAD_USER_INPUT"]}
-
-and one per WebSocket connection, written when it ends: ``"method": "WEBSOCKET"``, status
-101 (the upgrade), ``durationMs`` the connection's whole life, and the token's account and
-subject as its ``connection_init`` (or upgrade request) presented them.
-
-``account`` and ``caller`` are the token's account and subject (null without a valid token);
-``errors`` are the response's ``extensions.code``s. Nothing a client sends as data is written:
-no token, no variables, no metadata, no query text; the operation's name only when it is a
-GraphQL name. A line is JSON, so no value can forge another line.
+Nothing a client sends as data is written: no token, no variables, no metadata, no query
+text; the operation's name only when it is a GraphQL name. A line is JSON, so no value can
+forge another line.
 """
 
 from __future__ import annotations
@@ -68,7 +60,10 @@ def log_request(request: Request, status: int, started: float) -> None:
 def log_connection(
     scope: Mapping[str, Any], request_id: str, principal: Principal | None, started: float
 ) -> None:
-    """Writes the access log line of a WebSocket connection that has ended."""
+    """Writes the access log line of a WebSocket connection that has ended: method
+    ``WEBSOCKET``, status 101 (the upgrade), ``durationMs`` the connection's whole life, and
+    the token's account and subject as its ``connection_init`` (or upgrade request)
+    presented them."""
     client = scope.get("client")
     write_line(
         request_id=request_id,
@@ -93,7 +88,14 @@ def write_line(
     started: float,
     errors: list[str],
 ) -> None:
-    """Writes one access log line (``log_request``'s, or the fast route's own)."""
+    """Writes one access log line (``log_request``'s or ``log_connection``'s):
+
+        {"requestId": "…", "method": "POST", "operation": "Timeline", "account": "T12345678",
+         "caller": "kitchen-1", "client": "203.0.113.7", "status": 200, "durationMs": 3.1,
+         "errors": ["BAD_USER_INPUT"]}
+
+    ``account`` and ``caller`` are the token's account and subject (null without a valid
+    token); ``errors`` are the response's ``extensions.code``s."""
     if not logger.isEnabledFor(logging.INFO):
         return
     if not (isinstance(operation, str) and _NAME.fullmatch(operation)):

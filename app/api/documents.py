@@ -1,15 +1,10 @@
 """Compiled documents: the few operations clients send over and over, run without
 graphql-core's per-field machinery.
 
-A document is compiled once into a ``Plan`` when it is valid (the same rules as the ordinary
-route, request limits included) and is one operation selecting one root field that
-``app.api.operations`` runs, with plain fields, aliases and ``__typename`` below it. Everything
-a plan does is derived from the schema: variables and arguments are coerced by graphql-core's
-own ``get_variable_values`` and ``get_argument_values``, input objects become the Strawberry
-input classes the resolvers get, and the response is read from the Strawberry objects the
-resolvers return, field by field as the types declare them, each leaf serialized by its
-GraphQL type. Any document or variable value a plan cannot take is left to the ordinary
-route, which gives the ordinary answer (``tests/test_documents.py`` holds both to the same).
+Everything a plan does is derived from the schema, with graphql-core's and Strawberry's own
+coercion and types, so that it answers as the ordinary route does; any document or variable
+value a plan cannot take is left to that route, which gives the ordinary answer
+(``tests/test_documents.py`` holds both to the same).
 """
 
 from __future__ import annotations
@@ -131,6 +126,12 @@ class Arguments:
 
 @dataclass(frozen=True)
 class Plan:
+    """A document compiled once: valid by the ordinary route's rules (request limits
+    included), one operation selecting one root field that ``app.api.operations`` runs, with
+    plain fields, aliases and ``__typename`` below it. Its arguments are made as ``Arguments``
+    says; its response is read from the Strawberry objects the resolvers return, field by
+    field as the types declare them (``_reader``)."""
+
     operation: OperationType
     name: str | None  # the operation's name, for the access log
     response_key: str

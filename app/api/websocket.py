@@ -2,19 +2,9 @@
 
 Both subprotocols are served: ``graphql-transport-ws`` (current) and the legacy
 ``graphql-ws``. Strawberry's handlers do the protocol; these subclasses add what the service
-promises on top:
-
-- the token from the ``connection_init`` payload (``Authorization``, any letter case) or the
-  upgrade request's header is checked before the connection is acknowledged (a bad one:
-  close 4403 on graphql-transport-ws, ``connection_error`` on graphql-ws);
-- when the token expires, the connection is closed (4401), ending its subscriptions: a socket
-  never outlives its token;
-- idle pings on graphql-transport-ws (graphql-ws has its own keep-alive, ``ka``);
-- ``drain_all`` completes every open subscription and closes with 1001 (going away), so
-  clients reconnect elsewhere and resume with their last cursor;
-- a message that is no message of the protocol is refused as each protocol has it (close
-  4400 on graphql-transport-ws; ``connection_error``, or ``error`` for the operation it would
-  start, on graphql-ws, whose connection stays open), and logged once per connection.
+promises on top: the token is checked before the connection is acknowledged, a socket never
+outlives its token, a drained connection tells its client to resume elsewhere, and a message
+that is no message of the protocol is refused as each protocol has it.
 """
 
 from __future__ import annotations
@@ -60,6 +50,8 @@ class Connections:
         self.open: set[TransportWSHandler | LegacyWSHandler] = set()
 
     async def drain_all(self, grace_seconds: float) -> None:
+        """Completes every open subscription and closes with 1001 (going away), so clients
+        reconnect elsewhere and resume with their last cursor."""
         handlers = list(self.open)
         if handlers:
             logger.info("closing %d WebSocket connections: server going away", len(handlers))
@@ -70,6 +62,9 @@ class Connections:
 
 
 def find_authorization(connection_params: Any) -> str | None:
+    """The token of a ``connection_init`` payload: its ``Authorization``, in any letter case
+    (the view checks it, or else the upgrade request's header, before acknowledging; a bad
+    one closes with 4403 on graphql-transport-ws, ``connection_error`` on graphql-ws)."""
     if isinstance(connection_params, dict):
         for key, value in connection_params.items():
             if isinstance(key, str) and key.lower() == "authorization" and isinstance(value, str):
@@ -90,7 +85,8 @@ class _TimersMixin:
     _closing: asyncio.Future[None] | None = None
 
     def watch_expiry(self) -> None:
-        """Closes the connection when its token expires."""
+        """Closes the connection (4401) when its token expires, ending its subscriptions: a
+        socket never outlives its token."""
         principal = self.context.principal
         if principal is None:
             return
@@ -282,6 +278,9 @@ class LiveOperation(Operation[Context, None]):
 
 
 class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws, with pings while idle; a message that is no message of the
+    protocol closes the connection with 4400."""
+
     subprotocol = GRAPHQL_TRANSPORT_WS_PROTOCOL
     connections: Connections
     ping_interval: float
@@ -457,6 +456,10 @@ _LEGACY_MESSAGES = frozenset({"connection_init", "connection_terminate", "start"
 
 
 class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
+    """graphql-ws, whose keep-alive (``ka``) is its own; a message that is no message of the
+    protocol is answered with ``connection_error`` (or ``error`` for the operation it would
+    start) and the connection stays open."""
+
     subprotocol = GRAPHQL_WS_PROTOCOL
     connections: Connections
     init_timeout: float
