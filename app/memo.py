@@ -1,10 +1,10 @@
 """Answers remembered for the objects they were worked out from, by identity.
 
-Stored events are immutable, and a page read again is made of the same objects (the page
-cache's): what is derived from one (its API view, its time as text) need be worked out once,
-not once per read. Identity rather than equality, since equal values may not render alike
-(two datetimes of one instant in other time zones are equal). Each entry holds its object,
-so that no other object can take its id while the entry is there.
+Stored events are immutable, and a page read again is the same list of the same objects (the
+page cache's): what is derived from it (its slice, its API views, their completed
+dictionaries) need be worked out once, not once per read. Identity rather than equality:
+equal values may not render alike. Each entry holds its object, so that no other object can
+take its id while the entry is there.
 """
 
 from __future__ import annotations

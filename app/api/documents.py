@@ -318,6 +318,9 @@ def _converter(type_: GraphQLInputType) -> Callable[[Any], Any] | None:
 # selection. Built-in scalars go out as they are (the typed objects hold them in the form their
 # serializers return); enums and custom scalars are serialized by their types.
 _AS_IS = frozenset({"String", "ID", "Int", "Float", "Boolean"})
+# Completed lists of objects, shared by every plan (each entry names its selection), so that
+# what is remembered stays bounded however many documents are compiled.
+_lists: ByIdentity[Any] = ByIdentity(1_000)
 
 
 class _Uncompiled(Exception):
@@ -345,37 +348,27 @@ def _completion(
             return None
         if selection_set is None:
             return lambda value: None if value is None else [item(entry) for entry in value]
-        # Lists of objects are the API's views of stored events (and their links), made
-        # once per event and never changed, and a page read again is the same list: each
-        # list, and each object in it, is completed once per selection.
-        objects: ByIdentity[Any] = ByIdentity()
-        lists: ByIdentity[Any] = ByIdentity(1_000)
+        # A page read again from the page cache is the same list of the same events'
+        # never-changing views: it is completed once per selection.
 
         def complete_list(value: Any) -> Any:
-            return [objects.get(entry, item) for entry in value]
+            return [item(entry) for entry in value]
 
-        return lambda value: None if value is None else lists.get(value, complete_list)
+        return lambda value: (
+            None if value is None else _lists.get(value, complete_list, complete_list)
+        )
     if isinstance(type_, GraphQLObjectType) and selection_set is not None:
         return _object_completion(type_, selection_set)
     if selection_set is not None or not isinstance(type_, GraphQLLeafType):
         raise _Uncompiled
     if type_.name in _AS_IS:
         return None
-    return _remembered(type_.serialize)
+    serialize = type_.serialize
+    return lambda value: None if value is None else serialize(value)
 
 
 def _as_is(value: Any) -> Any:
     return value
-
-
-def _remembered(serialize: Serializer) -> Serializer:
-    """``serialize``, remembered per value (``app.memo``): a time becomes text once."""
-    answers: ByIdentity[Any] = ByIdentity()
-
-    def complete(value: Any) -> Any:
-        return None if value is None else answers.get(value, serialize)
-
-    return complete
 
 
 def _attributes(names: list[str]) -> Callable[[Any], tuple[Any, ...]]:
