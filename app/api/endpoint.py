@@ -78,15 +78,16 @@ class Endpoint:
         started = time.perf_counter()
         settings = self.view.settings
         request = Request(scope, limit_body(scope, receive, settings.max_body_bytes))
-        request_id = request.state.request_id = new_request_id()
-        request.state.error_codes = []
+        state = request.state
+        request_id = state.request_id = new_request_id()
+        state.error_codes = []
         try:
             reply = await self._answer(request, request_id)
         except Exception:
             logger.exception("unexpected error request_id=%s", request_id)
             error = ServiceError(f"Internal server error (request id {request_id})")
             reply = _refusal(error, 500, extensions={"requestId": request_id})
-            request.state.error_codes = [error.code]
+            state.error_codes = [error.code]
         if isinstance(reply, Reply):
             reply.headers.append((b"x-request-id", request_id.encode()))
             status = reply.status
@@ -99,13 +100,14 @@ class Endpoint:
             access.log_request(request, status, started)
 
     async def _answer(self, request: Request, request_id: str) -> Reply | Response:
+        state = request.state
         view = self.view
         context = view.new_context(request, None, request_id)
         headers = _read_headers(request.scope)
         header = headers.get(b"authorization")
         if header is not None:
             await authenticate(context, header, view.validator)
-        request.state.principal = context.principal
+        state.principal = context.principal
         if self.rate_limiter is not None:
             # After the token is checked, so that nobody can spend another's requests.
             principal = context.principal
@@ -115,13 +117,13 @@ class Endpoint:
                     (principal.account_id, principal.subject) if principal else client
                 )
             except RateLimited as error:
-                request.state.error_codes = [error.code]
+                state.error_codes = [error.code]
                 wait = str(max(1, math.ceil(error.retry_after)))
                 return _refusal(error, 429, headers=[("retry-after", wait)])
         try:
             operation = await _operation(request, headers)
         except HTTPException as error:
-            request.state.error_codes = ["BAD_USER_INPUT"]
+            state.error_codes = ["BAD_USER_INPUT"]
             return _request_error(error.reason, error.status_code)
         # Without a token only introspection may run (app.api.limits), and no plan is of
         # introspection: such requests go straight on, and never compile a document.
@@ -129,7 +131,7 @@ class Endpoint:
             query, variables, operation_name = operation
             plan = self.compiler.plan(query, operation_name, request.method)
             if plan is not None:
-                request.state.operation = plan.name
+                state.operation = plan.name
                 result = await documents.execute(plan, self.compiler, context, variables)
                 if result is not None:
                     return self._reply(request, result, request_id, headers)
@@ -138,25 +140,27 @@ class Endpoint:
     def _reply(
         self, request: Request, result: ExecutionResult, request_id: str, headers: _Headers
     ) -> Reply:
+        state = request.state
         media_type = negotiate(headers.get(b"accept", ""))
         shaped = shape_result(result, media_type, request_id)
-        request.state.error_codes = shaped.codes
+        state.error_codes = shaped.codes
         body = encode_json(shaped.body)
         content_type = f"{media_type}; charset=utf-8"
         return Reply(shaped.status or 200, body, content_type, shaped.headers)
 
     async def _view(self, request: Request, context: Context) -> Reply | Response:
+        state = request.state
         try:
             return await self.view.run(request, context=context)
         except HTTPException as error:
-            request.state.error_codes = ["BAD_USER_INPUT"]
+            state.error_codes = ["BAD_USER_INPUT"]
             if isinstance(error.__cause__, InvalidOperationTypeError):
                 # GraphQL over HTTP: a mutation sent with GET is 405, naming the method to use.
                 return _request_error(error.reason, 405, headers=[("allow", "POST")])
             headers = [("allow", "GET, POST")] if error.status_code == 405 else []
             return _request_error(error.reason, error.status_code, headers=headers)
         except MissingQueryError:
-            request.state.error_codes = ["BAD_USER_INPUT"]
+            state.error_codes = ["BAD_USER_INPUT"]
             return _request_error("No GraphQL query found in the request", 400)
 
 
@@ -213,22 +217,22 @@ async def _operation(request: Request, headers: _Headers) -> tuple[Any, Any, Any
 
 def query_parameters(query_string: bytes) -> dict[str, str] | None:
     """A GET's parameters as Starlette reads them (``parse_qsl``, blank values kept), or None
-    when one is not a request's or comes twice (the view then reads them). The document, the
-    same text request after request, is unquoted once."""
+    when one is not a request's or comes twice (the view then reads them). The names and the
+    document, the same text request after request, are unquoted once each."""
     params: dict[str, str] = {}
     for part in query_string.decode("latin-1").split("&"):
         if not part:
             continue
         name, _, value = part.partition("=")
-        name = unquote_plus(name)
+        name = _unquote_once(name)
         if name in params or name not in _REQUEST_KEYS:
             return None
-        params[name] = _unquote_document(value) if name == "query" else unquote_plus(value)
+        params[name] = _unquote_once(value) if name == "query" else unquote_plus(value)
     return params
 
 
 @functools.lru_cache(maxsize=256)
-def _unquote_document(raw: str) -> str:
+def _unquote_once(raw: str) -> str:
     return unquote_plus(raw)
 
 
