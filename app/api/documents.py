@@ -72,6 +72,8 @@ class Arguments:
     those written without variables (and those left out) once, when the document is compiled;
     those with variables per request. Keyed by their Python names, as resolvers get them."""
 
+    schema: GraphQLSchema
+    node: FieldNode
     variable_definitions: tuple[VariableDefinitionNode, ...]
     constants: dict[str, Any]
     per_request: tuple[tuple[str, GraphQLArgument, ArgumentNode], ...]
@@ -80,7 +82,11 @@ class Arguments:
 
     @classmethod
     def of(
-        cls, field: GraphQLField, node: FieldNode, operation: OperationDefinitionNode
+        cls,
+        schema: GraphQLSchema,
+        field: GraphQLField,
+        node: FieldNode,
+        operation: OperationDefinitionNode,
     ) -> Arguments:
         given = {argument.name.value: argument for argument in node.arguments or ()}
         constants: dict[str, Any] = {}
@@ -92,6 +98,8 @@ class Arguments:
             else:
                 coerce_argument(constants, node, name, definition, argument, None, None)
         return cls(
+            schema=schema,
+            node=node,
             variable_definitions=tuple(operation.variable_definitions or ()),
             constants=constants,
             per_request=tuple(per_request),
@@ -101,20 +109,18 @@ class Arguments:
             ),
         )
 
-    def values(
-        self, schema: GraphQLSchema, node: FieldNode, variables: Any
-    ) -> dict[str, Any] | None:
+    def values(self, variables: Any) -> dict[str, Any] | None:
         """The arguments for ``variables``; None when they do not coerce (the ordinary route
         reports why)."""
         if variables is not None and not isinstance(variables, dict):
             return None
-        coerced = get_variable_values(schema, self.variable_definitions, variables or {})
+        coerced = get_variable_values(self.schema, self.variable_definitions, variables or {})
         if isinstance(coerced, list):
             return None
         values = dict(self.constants)
         try:
             for name, definition, argument in self.per_request:
-                coerce_argument(values, node, name, definition, argument, coerced, None)
+                coerce_argument(values, self.node, name, definition, argument, coerced, None)
         except GraphQLError:
             return None
         return {
@@ -140,10 +146,10 @@ class Plan:
     run: Runner | None  # what the root field does; None for a subscription
     serialize: Serializer
 
-    def arguments(self, schema: GraphQLSchema, variables: Any) -> dict[str, Any] | None:
+    def arguments(self, variables: Any) -> dict[str, Any] | None:
         """The root field's arguments by their Python names, as its resolver gets them; None
         when the variables do not coerce (the ordinary route reports why)."""
-        return self.given.values(schema, self.field_node, variables)
+        return self.given.values(variables)
 
     def data(self, value: Any) -> dict[str, Any]:
         """The response's ``data`` for the root field's value."""
@@ -258,7 +264,7 @@ class Compiler:
         if serialize is None:
             return None
         try:
-            given = Arguments.of(field, node, operation)
+            given = Arguments.of(self.schema, field, node, operation)
         except GraphQLError:
             return None
         return Plan(
@@ -459,10 +465,10 @@ def _computed(resolver: Callable[[Any], Any], complete: Serializer | None) -> Se
     return lambda value: complete(resolver(value))
 
 
-async def execute(plan: Plan, compiler: Compiler, context: Context, variables: Any) -> Any:
+async def execute(plan: Plan, context: Context, variables: Any) -> Any:
     """Runs a query or mutation plan: an ``ExecutionResult``, or None before anything ran
     when the variables do not coerce (the ordinary route then answers)."""
-    arguments = plan.arguments(compiler.schema, variables)
+    arguments = plan.arguments(variables)
     if arguments is None:
         return None
     assert plan.run is not None

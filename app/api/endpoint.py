@@ -132,7 +132,7 @@ class Endpoint:
             plan = self.compiler.plan(query, operation_name, request.method)
             if plan is not None:
                 state.operation = plan.name
-                result = await documents.execute(plan, self.compiler, context, variables)
+                result = await documents.execute(plan, context, variables)
                 if result is not None:
                     return self._reply(request, result, request_id, headers)
         return await self._view(request, context)

@@ -344,7 +344,7 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
         plan = self.compiler.subscription_plan(payload["query"], payload.get("operationName"))
         if plan is None:
             return None
-        arguments = plan.arguments(self.compiler.schema, payload.get("variables"))
+        arguments = plan.arguments(payload.get("variables"))
         if arguments is None:
             return None  # the ordinary route reports it exactly as it always does
         account_id, order_id, after = (
