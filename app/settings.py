@@ -67,6 +67,15 @@ class Settings:
     subscription_buffer: int = 256
     shutdown_grace_seconds: float = 5.0
 
+    # Connections (serving/http.py, python -m serving): limits uvicorn does not set itself,
+    # and its idle keep-alive. 0 connections means no limit.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    keep_alive_timeout_seconds: int = 5
+    max_header_bytes: int = 32 * 1024
+    max_header_count: int = 100
+    max_connections: int = 10_000
+
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
@@ -204,6 +213,16 @@ class Settings:
             shutdown_grace_seconds=number(
                 "SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds
             ),
+            header_timeout_seconds=number(
+                "HEADER_TIMEOUT_SECONDS", defaults.header_timeout_seconds
+            ),
+            body_timeout_seconds=number("BODY_TIMEOUT_SECONDS", defaults.body_timeout_seconds),
+            keep_alive_timeout_seconds=integer(
+                "KEEP_ALIVE_TIMEOUT_SECONDS", defaults.keep_alive_timeout_seconds
+            ),
+            max_header_bytes=integer("MAX_HEADER_BYTES", defaults.max_header_bytes),
+            max_header_count=integer("MAX_HEADER_COUNT", defaults.max_header_count),
+            max_connections=integer("MAX_CONNECTIONS", defaults.max_connections),
             graphiql=flag("GRAPHIQL", defaults.graphiql),
             graphiql_assets_dir=Path(
                 text("GRAPHIQL_ASSETS_DIR", str(defaults.graphiql_assets_dir))
@@ -216,6 +235,8 @@ _POSITIVE = (
     "db_connect_timeout_seconds",
     "db_command_timeout_seconds",
     "readiness_timeout_seconds",
+    "header_timeout_seconds",
+    "body_timeout_seconds",
 )
 # Settings with a least value, and what the message adds to it.
 _MINIMUMS = {
@@ -233,4 +254,8 @@ _MINIMUMS = {
     "max_query_selections": (1, ""),
     "max_query_repeats": (0, ""),
     "rate_limit_burst": (1, ""),
+    "keep_alive_timeout_seconds": (1, ""),
+    "max_header_bytes": (1024, ""),
+    "max_header_count": (10, ""),
+    "max_connections": (0, " (0: no limit)"),
 }

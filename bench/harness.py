@@ -109,6 +109,8 @@ def service_env(url: str, workdir: Path, **extra: str) -> dict[str, str]:
         "WS_PING_INTERVAL_SECONDS": "0",
         # One caller drives thousands of requests a second here: no per-caller limit.
         "RATE_LIMIT_PER_SECOND": "0",
+        # The large fan-outs hold more WebSocket connections than a process takes by default.
+        "MAX_CONNECTIONS": "0",
         **extra,
     }
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from app.settings import Settings
+from serving import uvicorn_options
 from tests.helpers import ACCOUNT, EVENT_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,11 +74,9 @@ def start_server(
                 "127.0.0.1",
                 "--port",
                 str(port),
-                "--no-access-log",
+                *uvicorn_options(Settings.from_env({**os.environ, **env})),
                 "--ws",
                 WEBSOCKET_PROTOCOLS[websocket],
-                "--ws-per-message-deflate",
-                "false",
                 *extra_args,
             ],
             cwd=ROOT,

@@ -267,8 +267,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app_from_env"),
-                *("--host", "127.0.0.1", "--port", str(port)),
+                *(sys.executable, "-m", "serving", "--port", str(port)),
             ],
             cwd=ROOT,
             env=env,

@@ -28,6 +28,8 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from app.api.access import ConnectionLines
+from app.settings import Settings
+from serving import uvicorn_options
 from serving.websocket import Gate, Inbox, WebSocketProtocol, frame_header, shared_header
 from tests import wsecho
 from tests.servers import ROOT, SERVED_PROTOCOL, WEBSOCKET_PROTOCOLS, start_server, stop_server
@@ -566,8 +568,10 @@ def test_repeated_request_headers_are_shared_and_others_kept_apart() -> None:
 
 def test_scripts_serve_runs_the_protocol_the_tests_run_as_served() -> None:
     serve = (ROOT / "scripts" / "serve").read_text()
+    options = uvicorn_options(Settings())
 
-    assert f"--ws {WEBSOCKET_PROTOCOLS[SERVED_PROTOCOL]} " in serve
+    assert "exec .venv/bin/python -m serving " in serve
+    assert options[options.index("--ws") + 1] == WEBSOCKET_PROTOCOLS[SERVED_PROTOCOL]
 
 
 async def test_uvicorn_serves_with_the_protocol_from_the_command_line(tmp_path: Path) -> None:
