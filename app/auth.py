@@ -222,11 +222,16 @@ class TokenValidator:
         subject = claims["sub"]
         if len(subject) > MAX_SUBJECT_LENGTH:
             raise TokenError(f"token subject is longer than {MAX_SUBJECT_LENGTH} characters")
+        try:
+            # JSON integers have no bound; a time beyond a double's is no time at all.
+            expires_at = float(claims["exp"])
+        except OverflowError:
+            raise TokenError("token exp claim is invalid") from None
         return Principal(
             subject=subject,
             account_id=self._account_id(claims["aud"]),
             scopes=_scopes(claims.get("scope")),
-            expires_at=float(claims["exp"]),
+            expires_at=expires_at,
         )
 
     async def _current_keys(self, *, refresh: bool) -> KeySet:

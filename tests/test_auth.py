@@ -211,6 +211,8 @@ async def test_clock_skew_within_leeway_is_accepted(settings: Settings) -> None:
         ({"iss": None}, "token lacks the iss claim"),
         ({"sub": "x" * 41}, "token subject is longer than 40 characters"),
         ({"scope": {"read": True}}, "token scope claim is invalid"),
+        ({"exp": 10**400}, "token exp claim is invalid"),
+        ({"exp": "tomorrow"}, "token exp claim is invalid"),
     ],
 )
 async def test_bad_claims_are_rejected(
