@@ -36,9 +36,16 @@ def create_app(settings: Settings) -> Starlette:
     keys = key_source(settings)
     broker = create_broker(settings.database_url)
     compiler = Compiler(schema, settings)
+    # One limiter for HTTP requests and WebSocket operations alike: one bucket per caller.
     rate_limiter = create_limiter(settings)
     graphql = GraphQLView(
-        schema, settings, TokenValidator(settings, keys), broker, EventWriter(broker), compiler
+        schema,
+        settings,
+        TokenValidator(settings, keys),
+        broker,
+        EventWriter(broker),
+        compiler,
+        rate_limiter,
     )
     endpoint = Endpoint(graphql, compiler, rate_limiter)
 

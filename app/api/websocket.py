@@ -4,7 +4,8 @@ Both subprotocols are served: ``graphql-transport-ws`` (current) and the legacy
 ``graphql-ws``. Strawberry's handlers do the protocol; these subclasses add what the service
 promises on top: the token is checked before the connection is acknowledged, a socket never
 outlives its token, a drained connection tells its client to resume elsewhere, and a message
-that is no message of the protocol is refused as each protocol has it.
+that is no message of the protocol is refused as each protocol has it, and every operation
+started takes a request from its caller's rate-limit bucket, HTTP's own.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from app.api import access
 from app.api.context import Context
 from app.api.documents import Compiler, Payloads, Plan
 from app.api.types import OrderStatusEvent
+from app.errors import RateLimited
+from app.ratelimit import Limiter, caller_key
 from app.records import StoredEvent
 from app.timers import Deadline, deadlines
 
@@ -121,6 +124,36 @@ class _TimersMixin:
         # The connection_init payload carries the token; once checked, the principal is
         # all that is needed, and the payload need not live as long as the connection.
         self.context.connection_params = None
+
+    rate_limiter: Limiter | None = None
+    # The connection's caller as the rate limiter knows it, from its acknowledgement on.
+    _caller: str | None = None
+
+    def connection_accepted(self) -> None:
+        """What follows a connection's acknowledgement, under either protocol."""
+        self.forget_connection_params()
+        self.watch_expiry()
+        client = self.socket.client
+        self._caller = caller_key(self.context.principal, client.host if client else None)
+
+    async def rate_limited(self) -> dict[str, Any] | None:
+        """Takes a request from the caller's bucket (the one its HTTP requests take from)
+        for an operation the connection starts: the operation's error when the caller is
+        over its limit, else None. Called before the operation's document is even read, so
+        that a refusal costs little more than reading the message."""
+        limiter, caller = self.rate_limiter, self._caller
+        if limiter is None or caller is None:
+            return None
+        try:
+            waiting = limiter.take(caller)
+            if waiting is not None:  # a store shared by several processes
+                await waiting
+        except RateLimited as error:
+            return {
+                "message": error.message,
+                "extensions": {"code": error.code, **error.extensions},
+            }
+        return None
 
 
 async def _close_quietly(close: Any, code: int, reason: str) -> None:
@@ -312,6 +345,13 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
         await self.handle_invalid_message(reason)
 
     async def handle_subscribe(self, message: Any) -> None:
+        # An id in use closes the connection (4409, Strawberry's): nothing to count then.
+        if self.connection_acknowledged and message["id"] not in self.operations:
+            limited = await self.rate_limited()
+            if limited is not None:
+                refused: Any = {"id": message["id"], "type": "error", "payload": [limited]}
+                await self.send_message(refused)
+                return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
             await self.handle_invalid_message(problem)
@@ -423,8 +463,7 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
             self._init_timer = None
         await super().handle_connection_init(message)
         if self.connection_acknowledged:
-            self.forget_connection_params()
-            self.watch_expiry()
+            self.connection_accepted()
 
     def _schedule_ping(self) -> None:
         self._ping_timer = deadlines().call_later(self.ping_interval, self._ping)
@@ -519,6 +558,14 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
             self.close_later(4408, "Connection initialisation timeout")
 
     async def handle_start(self, message: Any) -> None:
+        if self.connection_acknowledged:
+            limited = await self.rate_limited()
+            if limited is not None:
+                # A start replaces the operation of its id, as in Strawberry, even one refused.
+                await self.cleanup_operation(message["id"])
+                refused: Any = {"type": "error", "id": message["id"], "payload": limited}
+                await self.send_message(refused)
+                return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
             self.report_invalid(problem)
@@ -542,8 +589,7 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
     async def handle_connection_init(self, message: Any) -> None:
         await super().handle_connection_init(message)
         if self.connection_acknowledged:
-            self.forget_connection_params()
-            self.watch_expiry()
+            self.connection_accepted()
 
     async def drain(self) -> None:
         # Cancelling an operation makes the legacy handler send its "complete".
