@@ -125,41 +125,14 @@ class _TimersMixin:
         # all that is needed, and the payload need not live as long as the connection.
         self.context.connection_params = None
 
-    rate_limiter: Limiter | None = None
-    # The connection's caller as the rate limiter knows it, from its acknowledgement on.
-    _caller: str | None = None
-
-    def connection_accepted(self) -> None:
-        """What follows a connection's acknowledgement, under either protocol."""
-        self.forget_connection_params()
-        self.watch_expiry()
-        client = self.socket.client
-        self._caller = caller_key(self.context.principal, client.host if client else None)
-
-    async def rate_limited(self) -> dict[str, Any] | None:
-        """Takes a request from the caller's bucket (the one its HTTP requests take from)
-        for an operation the connection starts: the operation's error when the caller is
-        over its limit, else None. Called before the operation's document is even read, so
-        that a refusal costs little more than reading the message."""
-        limiter, caller = self.rate_limiter, self._caller
-        if limiter is None or caller is None:
-            return None
-        try:
-            waiting = limiter.take(caller)
-            if waiting is not None:  # a store shared by several processes
-                await waiting
-        except RateLimited as error:
-            return {
-                "message": error.message,
-                "extensions": {"code": error.code, **error.extensions},
-            }
-        return None
-
 
 async def _close_quietly(close: Any, code: int, reason: str) -> None:
     with contextlib.suppress(Exception):
         await close(code, reason)
 
+
+# The longest a connection whose operation was refused over its rate limit goes unread.
+_OVER_LIMIT_PAUSE = 0.5
 
 # A close frame carries at most 125 bytes: the code's 2 and the reason's.
 _CLOSE_REASON_MAX = 123
@@ -209,7 +182,8 @@ class _MessagesMixin(_TimersMixin):
     generator (``iter_json``) and ``receive_text``: three more suspended frames under every
     idle connection, and the last message (for a subscriber, its whole subscribe document)
     kept alive by the loop's variables while the connection waits for the next. Here a
-    message is dropped once handled."""
+    message is dropped once handled. Each operation a message starts is counted against its
+    caller's rate limit first."""
 
     view: Any
     subprotocol: str
@@ -241,6 +215,40 @@ class _MessagesMixin(_TimersMixin):
             await self.handle_message(message)
             del message
 
+    rate_limiter: Limiter | None = None
+    # The connection's caller as the rate limiter knows it, from its acknowledgement on.
+    _caller: str | None = None
+
+    def connection_accepted(self) -> None:
+        """What follows a connection's acknowledgement, under either protocol."""
+        self.forget_connection_params()
+        self.watch_expiry()
+        client = self.socket.client
+        self._caller = caller_key(self.context.principal, client.host if client else None)
+
+    async def over_limit(self) -> RateLimited | None:
+        """Takes a request from the caller's bucket (the one its HTTP requests take from)
+        for an operation the connection starts: the refusal when the caller is over its
+        limit, else None. Called before the operation's document is even read, so that a
+        refusal costs little more than reading the message."""
+        limiter, caller = self.rate_limiter, self._caller
+        if limiter is None or caller is None:
+            return None
+        try:
+            waiting = limiter.take(caller)
+            if waiting is not None:  # a store shared by several processes
+                await waiting
+        except RateLimited as error:
+            return error
+        return None
+
+    async def hold_back(self, refusal: RateLimited) -> None:
+        """Once an operation over the limit is refused, reads nothing more from the
+        connection until its caller may start another, or ``_OVER_LIMIT_PAUSE`` at most: a
+        client sending faster than its limit is then held back by TCP, instead of costing
+        the server a refusal per message. (Events of its subscriptions still go out.)"""
+        await asyncio.sleep(min(refusal.retry_after, _OVER_LIMIT_PAUSE))
+
     def report_invalid(self, reason: str) -> None:
         """Logs a message refused as no message of the protocol: the first of the connection
         only (graphql-ws keeps the connection open, and a client could send them forever),
@@ -254,6 +262,13 @@ class _MessagesMixin(_TimersMixin):
             self.subprotocol,
             reason,
         )
+
+
+def _rate_limit_error(refusal: RateLimited) -> dict[str, Any]:
+    return {
+        "message": refusal.message,
+        "extensions": {"code": refusal.code, **refusal.extensions},
+    }
 
 
 def _limit_error(limit: int) -> dict[str, Any]:
@@ -347,10 +362,12 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
     async def handle_subscribe(self, message: Any) -> None:
         # An id in use closes the connection (4409, Strawberry's): nothing to count then.
         if self.connection_acknowledged and message["id"] not in self.operations:
-            limited = await self.rate_limited()
+            limited = await self.over_limit()
             if limited is not None:
-                refused: Any = {"id": message["id"], "type": "error", "payload": [limited]}
+                error = _rate_limit_error(limited)
+                refused: Any = {"id": message["id"], "type": "error", "payload": [error]}
                 await self.send_message(refused)
+                await self.hold_back(limited)
                 return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
@@ -559,12 +576,14 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
 
     async def handle_start(self, message: Any) -> None:
         if self.connection_acknowledged:
-            limited = await self.rate_limited()
+            limited = await self.over_limit()
             if limited is not None:
                 # A start replaces the operation of its id, as in Strawberry, even one refused.
                 await self.cleanup_operation(message["id"])
-                refused: Any = {"type": "error", "id": message["id"], "payload": limited}
+                error = _rate_limit_error(limited)
+                refused: Any = {"type": "error", "id": message["id"], "payload": error}
                 await self.send_message(refused)
+                await self.hold_back(limited)
                 return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
