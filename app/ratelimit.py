@@ -307,7 +307,7 @@ class PostgresBuckets:
         self._purging: asyncio.Task[None] | None = None
 
     async def take(self, caller: str, per_second: float, burst: int) -> float:
-        pool = self._pool or await self._open()
+        pool = self._pool if self._pool is not None else await self._open()
         row = await pool.fetchrow(_POSTGRES_TAKE, caller, per_second, burst)
         if time.monotonic() >= self._purge_at:
             self._purge_at = time.monotonic() + self._purge_interval

@@ -16,6 +16,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,7 +36,8 @@ from app.ratelimit import (
 from app.settings import Settings, SettingsError
 from tests.conftest import GraphQLClient, Mint
 from tests.helpers import WAIT
-from tests.servers import free_port
+from tests.live import http_api, subscriber
+from tests.servers import free_port, running_servers
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 READ = "{ __typename }"
@@ -394,3 +396,31 @@ def test_rate_limits_off_need_no_store() -> None:
     settings = Settings.from_env({"RATE_LIMIT_PER_SECOND": "0", "RATE_LIMIT_STORE": REDIS_URL})
 
     assert create_limiter(settings) is None
+
+
+# Two server processes: an HTTP request on one and a WebSocket operation on the other take
+# from one bucket.
+
+
+async def test_two_server_processes_share_a_callers_bucket(
+    postgres_only: None,
+    server_env: dict[str, str],
+    store_setting: dict[str, Any],
+    mint: Mint,
+    tmp_path: Path,
+) -> None:
+    env = {
+        **server_env,
+        "RATE_LIMIT_PER_SECOND": "0.001",
+        "RATE_LIMIT_BURST": "2",
+        **{name.upper(): value for name, value in store_setting.items()},
+    }
+    token = mint(sub=next(_callers))
+    with running_servers(2, env, tmp_path) as (first, second):
+        async with http_api(first, token) as http:
+            statuses = [(await http.post(READ)).status_code for _ in range(2)]
+        async with subscriber(second, token) as ws:
+            error = await ws.error(await ws.subscribe(READ))
+
+    assert statuses == [200, 200]
+    assert error["extensions"]["code"] == "RATE_LIMITED"
