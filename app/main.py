@@ -26,7 +26,7 @@ from app.auth import LocalIssuer, TokenValidator, key_source
 from app.broker import create_broker
 from app.db import tortoise_config
 from app.graphiql import graphiql_routes
-from app.ratelimit import RateLimiter
+from app.ratelimit import create_limiter
 from app.settings import Settings
 from app.shutdown import drain_on_signals
 from app.writer import EventWriter
@@ -36,13 +36,16 @@ def create_app(settings: Settings) -> Starlette:
     keys = key_source(settings)
     broker = create_broker(settings.database_url)
     compiler = Compiler(schema, settings)
+    # One limiter for HTTP requests and WebSocket operations alike: one bucket per caller.
+    rate_limiter = create_limiter(settings)
     graphql = GraphQLView(
-        schema, settings, TokenValidator(settings, keys), broker, EventWriter(broker), compiler
-    )
-    rate_limiter = (
-        RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
-        if settings.rate_limit_per_second > 0
-        else None
+        schema,
+        settings,
+        TokenValidator(settings, keys),
+        broker,
+        EventWriter(broker),
+        compiler,
+        rate_limiter,
     )
     endpoint = Endpoint(graphql, compiler, rate_limiter)
 
@@ -79,6 +82,8 @@ def create_app(settings: Settings) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
                 await broker.stop()
+                if rate_limiter is not None:
+                    await rate_limiter.close()
 
     cors = _cors(settings)
     middleware = [
@@ -90,6 +95,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     app.state.broker = broker
+    app.state.rate_limiter = rate_limiter
     return app
 
 

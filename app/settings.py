@@ -59,6 +59,12 @@ class Settings:
     max_query_repeats: int = 30
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 100
+    # Where the callers' buckets live (app.ratelimit): "memory", each process its own;
+    # "postgres", the database's, shared by every process; or a redis:// URL, shared too. A
+    # shared store not answering within the timeout is passed over for the process's own.
+    rate_limit_store: str = "memory"
+    rate_limit_store_timeout_seconds: float = 0.5
+    rate_limit_key_prefix: str = "order-events:rate:"
     # Live subscriptions over WebSocket.
     allowed_origins: tuple[str, ...] = ()
     ws_init_timeout_seconds: float = 10.0
@@ -102,11 +108,35 @@ class Settings:
             yield "DB_POOL_MAX_SIZE must be at least 1, and DB_POOL_MIN_SIZE between 0 and it"
         if not self.rate_limit_per_second >= 0:
             yield "RATE_LIMIT_PER_SECOND must be 0 (no limit) or more"
+        yield from self._rate_limit_store_problems()
         if not self.token_algorithms:
             yield "TOKEN_ALGORITHMS must name at least one algorithm"
         weak = [a for a in self.token_algorithms if a == "none" or a.startswith("HS")]
         if weak:
             yield f"TOKEN_ALGORITHMS may only name asymmetric algorithms, not {', '.join(weak)}"
+
+    def _rate_limit_store_problems(self) -> Iterator[str]:
+        # Imported here: app.db reads these settings, and redis is needed only to check a URL.
+        from redis.asyncio import ConnectionPool
+
+        from app.db import is_postgres
+
+        store = self.rate_limit_store
+        if store == "memory":
+            return
+        if store == "postgres":
+            if not is_postgres(self.database_url):
+                yield "RATE_LIMIT_STORE=postgres needs DATABASE_URL to name a PostgreSQL database"
+            return
+        if store.startswith(("redis://", "rediss://")):
+            try:
+                ConnectionPool.from_url(store)
+            except ValueError as error:
+                yield f"RATE_LIMIT_STORE is no usable Redis URL: {error}"
+            return
+        # A URL is not repeated: it may hold a password.
+        named = "" if "://" in store else f", not {store!r}"
+        yield f"RATE_LIMIT_STORE must be memory, postgres or a redis:// URL{named}"
 
     @property
     def local_issuer(self) -> bool:
@@ -199,6 +229,11 @@ class Settings:
             max_query_repeats=integer("MAX_QUERY_REPEATS", defaults.max_query_repeats),
             rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", defaults.rate_limit_per_second),
             rate_limit_burst=integer("RATE_LIMIT_BURST", defaults.rate_limit_burst),
+            rate_limit_store=text("RATE_LIMIT_STORE", defaults.rate_limit_store),
+            rate_limit_store_timeout_seconds=number(
+                "RATE_LIMIT_STORE_TIMEOUT_SECONDS", defaults.rate_limit_store_timeout_seconds
+            ),
+            rate_limit_key_prefix=text("RATE_LIMIT_KEY_PREFIX", defaults.rate_limit_key_prefix),
             allowed_origins=tuple(env.get("ALLOWED_ORIGINS", "").replace(",", " ").split()),
             ws_init_timeout_seconds=number(
                 "WS_INIT_TIMEOUT_SECONDS", defaults.ws_init_timeout_seconds
@@ -237,6 +272,7 @@ _POSITIVE = (
     "readiness_timeout_seconds",
     "header_timeout_seconds",
     "body_timeout_seconds",
+    "rate_limit_store_timeout_seconds",
 )
 # Settings with a least value, and what the message adds to it.
 _MINIMUMS = {

@@ -31,7 +31,7 @@ from app.api.context import Context, authenticate
 from app.api.view import JSON, GraphQLView, negotiate, shape_result
 from app.encoding import encode_json, new_request_id
 from app.errors import RateLimited, ServiceError
-from app.ratelimit import RateLimiter
+from app.ratelimit import Limiter, caller_key
 
 logger = logging.getLogger("app.errors")
 
@@ -65,7 +65,7 @@ class Endpoint:
         self,
         view: GraphQLView,
         compiler: documents.Compiler,
-        rate_limiter: RateLimiter | None,
+        rate_limiter: Limiter | None,
     ) -> None:
         self.view = view
         self.compiler = compiler
@@ -113,9 +113,9 @@ class Endpoint:
             principal = context.principal
             client = request.client.host if request.client else None
             try:
-                self.rate_limiter.take(
-                    (principal.account_id, principal.subject) if principal else client
-                )
+                waiting = self.rate_limiter.take(caller_key(principal, client))
+                if waiting is not None:  # a store shared by several processes
+                    await waiting
             except RateLimited as error:
                 state.error_codes = [error.code]
                 wait = str(max(1, math.ceil(error.retry_after)))

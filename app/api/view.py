@@ -40,6 +40,7 @@ from app.auth import TokenValidator
 from app.broker import Broker
 from app.encoding import encode_json, new_request_id
 from app.graphiql import graphiql_html
+from app.ratelimit import Limiter
 from app.settings import Settings
 from app.writer import EventWriter
 
@@ -58,6 +59,7 @@ class GraphQLView(GraphQL[Context, None]):
         broker: Broker,
         writer: EventWriter,
         compiler: Compiler,
+        rate_limiter: Limiter | None = None,
     ) -> None:
         super().__init__(
             schema,
@@ -83,12 +85,17 @@ class GraphQLView(GraphQL[Context, None]):
                 "ping_interval": settings.ws_ping_interval_seconds,
                 "compiler": self.compiler,
                 "payloads": Payloads(),
+                "rate_limiter": rate_limiter,
             },
         )
         self.graphql_ws_handler_class = type(
             "AppLegacyWSHandler",
             (LegacyWSHandler,),
-            {"connections": self.connections, "init_timeout": settings.ws_init_timeout_seconds},
+            {
+                "connections": self.connections,
+                "init_timeout": settings.ws_init_timeout_seconds,
+                "rate_limiter": rate_limiter,
+            },
         )
 
     def new_context(self, request: Request | WebSocket, response: Any, request_id: str) -> Context:

@@ -4,7 +4,8 @@ Both subprotocols are served: ``graphql-transport-ws`` (current) and the legacy
 ``graphql-ws``. Strawberry's handlers do the protocol; these subclasses add what the service
 promises on top: the token is checked before the connection is acknowledged, a socket never
 outlives its token, a drained connection tells its client to resume elsewhere, and a message
-that is no message of the protocol is refused as each protocol has it.
+that is no message of the protocol is refused as each protocol has it, and every operation
+started takes a request from its caller's rate-limit bucket, HTTP's own.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from app.api import access
 from app.api.context import Context
 from app.api.documents import Compiler, Payloads, Plan
 from app.api.types import OrderStatusEvent
+from app.errors import RateLimited
+from app.ratelimit import Limiter, caller_key
 from app.records import StoredEvent
 from app.timers import Deadline, deadlines
 
@@ -128,6 +131,9 @@ async def _close_quietly(close: Any, code: int, reason: str) -> None:
         await close(code, reason)
 
 
+# The longest a connection whose operation was refused over its rate limit goes unread.
+_OVER_LIMIT_PAUSE = 0.5
+
 # A close frame carries at most 125 bytes: the code's 2 and the reason's.
 _CLOSE_REASON_MAX = 123
 
@@ -176,7 +182,8 @@ class _MessagesMixin(_TimersMixin):
     generator (``iter_json``) and ``receive_text``: three more suspended frames under every
     idle connection, and the last message (for a subscriber, its whole subscribe document)
     kept alive by the loop's variables while the connection waits for the next. Here a
-    message is dropped once handled."""
+    message is dropped once handled. Each operation a message starts is counted against its
+    caller's rate limit first."""
 
     view: Any
     subprotocol: str
@@ -208,6 +215,40 @@ class _MessagesMixin(_TimersMixin):
             await self.handle_message(message)
             del message
 
+    rate_limiter: Limiter | None = None
+    # The connection's caller as the rate limiter knows it, from its acknowledgement on.
+    _caller: str | None = None
+
+    def connection_accepted(self) -> None:
+        """What follows a connection's acknowledgement, under either protocol."""
+        self.forget_connection_params()
+        self.watch_expiry()
+        client = self.socket.client
+        self._caller = caller_key(self.context.principal, client.host if client else None)
+
+    async def over_limit(self) -> RateLimited | None:
+        """Takes a request from the caller's bucket (the one its HTTP requests take from)
+        for an operation the connection starts: the refusal when the caller is over its
+        limit, else None. Called before the operation's document is even read, so that a
+        refusal costs little more than reading the message."""
+        limiter, caller = self.rate_limiter, self._caller
+        if limiter is None or caller is None:
+            return None
+        try:
+            waiting = limiter.take(caller)
+            if waiting is not None:  # a store shared by several processes
+                await waiting
+        except RateLimited as error:
+            return error
+        return None
+
+    async def hold_back(self, refusal: RateLimited) -> None:
+        """Once an operation over the limit is refused, reads nothing more from the
+        connection until its caller may start another, or ``_OVER_LIMIT_PAUSE`` at most: a
+        client sending faster than its limit is then held back by TCP, instead of costing
+        the server a refusal per message. (Events of its subscriptions still go out.)"""
+        await asyncio.sleep(min(refusal.retry_after, _OVER_LIMIT_PAUSE))
+
     def report_invalid(self, reason: str) -> None:
         """Logs a message refused as no message of the protocol: the first of the connection
         only (graphql-ws keeps the connection open, and a client could send them forever),
@@ -221,6 +262,13 @@ class _MessagesMixin(_TimersMixin):
             self.subprotocol,
             reason,
         )
+
+
+def _rate_limit_error(refusal: RateLimited) -> dict[str, Any]:
+    return {
+        "message": refusal.message,
+        "extensions": {"code": refusal.code, **refusal.extensions},
+    }
 
 
 def _limit_error(limit: int) -> dict[str, Any]:
@@ -312,6 +360,15 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
         await self.handle_invalid_message(reason)
 
     async def handle_subscribe(self, message: Any) -> None:
+        # An id in use closes the connection (4409, Strawberry's): nothing to count then.
+        if self.connection_acknowledged and message["id"] not in self.operations:
+            limited = await self.over_limit()
+            if limited is not None:
+                error = _rate_limit_error(limited)
+                refused: Any = {"id": message["id"], "type": "error", "payload": [error]}
+                await self.send_message(refused)
+                await self.hold_back(limited)
+                return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
             await self.handle_invalid_message(problem)
@@ -423,8 +480,7 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
             self._init_timer = None
         await super().handle_connection_init(message)
         if self.connection_acknowledged:
-            self.forget_connection_params()
-            self.watch_expiry()
+            self.connection_accepted()
 
     def _schedule_ping(self) -> None:
         self._ping_timer = deadlines().call_later(self.ping_interval, self._ping)
@@ -519,6 +575,16 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
             self.close_later(4408, "Connection initialisation timeout")
 
     async def handle_start(self, message: Any) -> None:
+        if self.connection_acknowledged:
+            limited = await self.over_limit()
+            if limited is not None:
+                # A start replaces the operation of its id, as in Strawberry, even one refused.
+                await self.cleanup_operation(message["id"])
+                error = _rate_limit_error(limited)
+                refused: Any = {"type": "error", "id": message["id"], "payload": error}
+                await self.send_message(refused)
+                await self.hold_back(limited)
+                return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
             self.report_invalid(problem)
@@ -542,8 +608,7 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
     async def handle_connection_init(self, message: Any) -> None:
         await super().handle_connection_init(message)
         if self.connection_acknowledged:
-            self.forget_connection_params()
-            self.watch_expiry()
+            self.connection_accepted()
 
     async def drain(self) -> None:
         # Cancelling an operation makes the legacy handler send its "complete".
