@@ -35,7 +35,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from websockets.asyncio.client import ClientConnection, connect
 
-from app.graphiql import ASSETS, AUTHORIZATION_HINT, graphiql_html, graphiql_routes
+from app.graphiql import ASSETS, AUTHORIZATION_HINT, EXAMPLE_QUERY, graphiql_html, graphiql_routes
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -560,6 +560,24 @@ async def test_graphiql_sends_the_token_from_the_headers_editor(
     result = await page.run_query()
 
     assert '"orderEvents"' in result
+    assert '"errors"' not in result
+
+
+@pytest.mark.browser
+async def test_graphiql_opens_on_the_timeline_example_which_runs_with_a_token(
+    page: Page, server: Server, token: str
+) -> None:
+    await page.goto(f"{server.url}/graphql")
+    await page.graphiql_ready()
+    await page.set_headers({"Authorization": f"Bearer {token}"})
+
+    editor = await page.evaluate(
+        "document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.getValue()"
+    )
+    result = await page.run_query()
+
+    assert editor == EXAMPLE_QUERY
+    assert '"orderEvents"' in result and '"state": "PENDING"' in result
     assert '"errors"' not in result
 
 

@@ -26,7 +26,7 @@ from websockets.exceptions import InvalidStatus
 from app.auth import LocalIssuer
 from app.settings import Settings
 from tests.conftest import GraphQLClient, Mint
-from tests.helpers import ACCOUNT, ORDER, OTHER_ACCOUNT, WAIT, create, created, timeline
+from tests.helpers import ACCOUNT, ORDER, OTHER_ACCOUNT, WAIT, create, created, eventually, timeline
 from tests.live import (
     ERROR_CODES,
     SUBSCRIBE,
@@ -692,6 +692,9 @@ async def test_handshake_from_another_origin_is_refused_with_403(
             pass
 
     assert refused.value.response.status_code == 403
+    await eventually(lambda: "evil.example" in server.output(), "the refusal's log line")
+    assert "add that origin to ALLOWED_ORIGINS" in server.output()
+    assert "`allowed_origins`" not in server.output()
 
 
 async def test_handshake_from_an_allowed_origin_is_accepted(

@@ -10,6 +10,7 @@ operation that needs one is a 401 with ``WWW-Authenticate``, whatever the media 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -48,6 +49,23 @@ GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
 
 
+_logger = logging.getLogger("app.api")
+
+
+class _OriginRefusals(logging.Filter):
+    """Drops Strawberry's line for a refused WebSocket origin: the view writes its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            isinstance(record.msg, str)
+            and record.msg.startswith("Rejected WebSocket connection from origin")
+        )
+
+
+_STRAWBERRY_WS = logging.getLogger("strawberry.ws")
+_ORIGIN_REFUSALS = _OriginRefusals()
+
+
 class GraphQLView(GraphQL[Context, None]):
     websocket_adapter_class = WebSocketAdapter
 
@@ -70,6 +88,7 @@ class GraphQLView(GraphQL[Context, None]):
             max_subscriptions_per_connection=settings.max_subscriptions_per_connection,
             allowed_origins=settings.allowed_origins,
         )
+        _STRAWBERRY_WS.addFilter(_ORIGIN_REFUSALS)  # once: addFilter skips it when there
         self.settings = settings
         self.validator = validator
         self.broker = broker
@@ -97,6 +116,19 @@ class GraphQLView(GraphQL[Context, None]):
                 "rate_limiter": rate_limiter,
             },
         )
+
+    def is_websocket_origin_allowed(self, request: WebSocket, origin: str) -> bool:
+        """Strawberry's rule (``ALLOWED_ORIGINS``); a refusal is logged naming the setting a
+        developer sets, where Strawberry's own line names its constructor's argument."""
+        allowed: bool = super().is_websocket_origin_allowed(request, origin)
+        if not allowed:
+            _logger.warning(
+                "refused a WebSocket from a page on %r: if it should connect, add that origin "
+                "to ALLOWED_ORIGINS (scheme, host and port exactly; now %s)",
+                origin,
+                " ".join(self.settings.allowed_origins) or "empty",
+            )
+        return allowed
 
     def new_context(self, request: Request | WebSocket, response: Any, request_id: str) -> Context:
         return Context(

@@ -59,6 +59,19 @@ ASSETS = {
     )
 }
 
+# What the editor opens on the first time (GraphiQL remembers the tabs after that): an
+# order's timeline, with where the token goes.
+EXAMPLE_QUERY = """# An order's timeline. Put your token in the Headers tab below
+# (scripts/token makes a development one), then run this with the button or Ctrl-Enter.
+query Timeline {
+  orderEvents(accountId: "T12345678", orderId: "order-1", first: 20) {
+    state
+    events { version state service serviceStatus description metadata createdAt createdBy }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
 # Constant, so the Content-Security-Policy can allow exactly this inline script by its hash.
 _START_SCRIPT = Template("""
 (function () {
@@ -90,12 +103,17 @@ _START_SCRIPT = Template("""
       fetcher: fetcher,
       defaultHeaders: JSON.stringify({ Authorization: hint }, null, 2),
       defaultEditorToolsVisibility: "headers",
+      defaultQuery: $example,
       query: page.get("query") || undefined,
       variables: page.get("variables") || undefined
     })
   );
 })();
-""").substitute(hint=json.dumps(AUTHORIZATION_HINT), endpoint=json.dumps(ENDPOINT))
+""").substitute(
+    hint=json.dumps(AUTHORIZATION_HINT),
+    endpoint=json.dumps(ENDPOINT),
+    example=json.dumps(EXAMPLE_QUERY),
+)
 _START_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_START_SCRIPT.encode()).digest()).decode()
 
 _CSP = "; ".join(
