@@ -37,6 +37,41 @@ def bearer(client: Any) -> dict[str, str]:
     return {"authorization": f"Bearer {client.default_token}"}
 
 
+# GraphiQL's page, and only to a browser opening the endpoint.
+
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+async def test_a_browser_opening_the_endpoint_gets_graphiqls_page(client_with: Any) -> None:
+    browser = client_with(graphiql=True)
+
+    response = await browser.http.get("/graphql", headers={"accept": BROWSER_ACCEPT})
+
+    assert (response.status_code, media_type(response)) == (200, "text/html")
+
+
+@pytest.mark.parametrize(
+    ("params", "accept"),
+    [
+        ({}, "*/*"),
+        ({}, "application/json"),
+        ({"extensions": '{"persistedQuery":{"version":1,"sha256Hash":"ab"}}'}, "*/*"),
+        ({"extensions": '{"persistedQuery":{"version":1,"sha256Hash":"ab"}}'}, BROWSER_ACCEPT),
+        ({"operationName": "Timeline"}, BROWSER_ACCEPT),
+        ({"variables": "{}"}, BROWSER_ACCEPT),
+    ],
+)
+async def test_a_get_that_is_not_a_browser_opening_the_page_gets_a_graphql_answer(
+    client_with: Any, params: dict[str, str], accept: str
+) -> None:
+    other = client_with(graphiql=True)
+
+    response = await other.http.get("/graphql", params=params, headers={"accept": accept})
+
+    assert (response.status_code, media_type(response)) == (400, "application/json")
+    assert error_code(response.json()) == "BAD_USER_INPUT"
+
+
 # Media types and status codes.
 
 

@@ -50,6 +50,8 @@ JSON = "application/json"
 
 
 _logger = logging.getLogger("app.api")
+# The parameters of a GraphQL request over GET (GraphQL over HTTP, and Apollo's extensions).
+_GRAPHQL_PARAMETERS = frozenset({"query", "variables", "operationName", "extensions"})
 
 
 class _OriginRefusals(logging.Filter):
@@ -178,6 +180,17 @@ class GraphQLView(GraphQL[Context, None]):
         request.state.sub_response = sub_response
         sub_response.media_type = negotiate(request.headers.get("accept", ""))
         return sub_response
+
+    def should_render_graphql_ide(self, request: Any) -> bool:
+        """GraphiQL's page goes to a browser opening the endpoint: a GET asking for
+        ``text/html`` with no GraphQL parameter at all. Strawberry serves it to ``*/*`` too
+        and looks only at ``query``, so that a persisted-query GET (``extensions`` alone) from
+        a client accepting anything got a web page instead of an answer."""
+        return (
+            request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+            and not _GRAPHQL_PARAMETERS.intersection(request.query_params.keys())
+        )
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse(graphiql_html(self.settings))
