@@ -552,6 +552,17 @@ def bad_credentials(settings: Settings, mint: Mint) -> dict[str, tuple[dict[str,
     }
 
 
+# How each refusal's close reason begins (a close frame carries 123 bytes of it).
+REFUSAL_REASONS = {
+    "no token": "an access token is required",
+    "malformed token": "invalid access token: ",
+    "not a bearer token": "the Authorization header must be 'Bearer <access token>'",
+    "expired token": "invalid access token: token expired",
+    "token with a broken signature": "invalid access token: ",
+    "bad token in the upgrade request": "invalid access token: ",
+}
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -569,9 +580,10 @@ async def test_bad_credentials_are_refused_at_init_with_4403(
     headers, payload = bad_credentials(settings, mint)[case]
     async with ws_connect(server.url, headers=headers) as ws:
         await ws.init(payload)
-        code, _ = await ws.closed()
+        code, reason = await ws.closed()
 
     assert code == 4403
+    assert reason.startswith(f"Forbidden: {REFUSAL_REASONS[case]}"), reason
 
 
 @pytest.mark.parametrize("case", ["no token", "malformed token", "expired token"])
@@ -597,14 +609,16 @@ async def test_operation_before_connection_init_closes_4401(
     assert code == 4401
 
 
-async def test_expiring_token_closes_the_connection_4401(
+async def test_expiring_token_closes_the_connection_4403_which_clients_retry(
     server: Server, client: GraphQLClient, mint: Mint, protocol: str
 ) -> None:
     async with subscriber(server, mint(ttl=2), protocol) as ws:
         await ws.subscribe(SUBSCRIBE, watching())
-        code, _ = await ws.closed(timeout=6)
+        closed = await ws.closed(timeout=6)
 
-    assert code == 4401
+    # 4401 is fatal to the graphql-ws client; on 4403 it reconnects with fresh
+    # connectionParams.
+    assert closed == (4403, "access token expired")
 
 
 # Limits --------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from app.api.context import Context, authenticate
 from app.api.documents import Compiler, Payloads
 from app.api.errors import convert
 from app.api.websocket import (
+    REFUSAL,
     Connections,
     LegacyWSHandler,
     TransportWSHandler,
@@ -162,6 +163,8 @@ class GraphQLView(GraphQL[Context, None]):
             )
         if context.principal is None:
             message = context.auth_error or "the token issuer's keys are unavailable"
+            # graphql-transport-ws closes with 4403: the adapter puts this in its reason.
+            setattr(context.request.state, REFUSAL, message)
             raise ConnectionRejectionError({"message": message})
         return cast(UnsetType, UNSET)
 

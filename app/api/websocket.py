@@ -43,7 +43,10 @@ from app.timers import Deadline, deadlines
 logger = logging.getLogger(__name__)
 
 GOING_AWAY = 1001
-TOKEN_EXPIRED = 4401
+# Forbidden, for a token refused at connection_init and for one that expired. Not 4401
+# (Unauthorized), which the graphql-ws client takes for fatal and never retries: on 4403 it
+# reconnects, reading lazy connectionParams again, so a fresh token flows in.
+FORBIDDEN = 4403
 
 
 class Connections:
@@ -88,8 +91,8 @@ class _TimersMixin:
     _closing: asyncio.Future[None] | None = None
 
     def watch_expiry(self) -> None:
-        """Closes the connection (4401) when its token expires, ending its subscriptions: a
-        socket never outlives its token."""
+        """Closes the connection (4403, "access token expired") when its token expires, ending
+        its subscriptions: a socket never outlives its token."""
         principal = self.context.principal
         if principal is None:
             return
@@ -98,7 +101,7 @@ class _TimersMixin:
 
     def _expired(self) -> None:
         self._expiry = None
-        self.close_later(TOKEN_EXPIRED, "access token expired")
+        self.close_later(FORBIDDEN, "access token expired")
 
     def stop_watching_expiry(self) -> None:
         if self._expiry is not None:
@@ -136,6 +139,8 @@ _OVER_LIMIT_PAUSE = 0.5
 
 # A close frame carries at most 125 bytes: the code's 2 and the reason's.
 _CLOSE_REASON_MAX = 123
+# Where the view leaves why it refused a connection_init, on the connection's state.
+REFUSAL = "refusal"
 
 
 class WebSocketAdapter(ASGIWebSocketAdapter):
@@ -144,6 +149,11 @@ class WebSocketAdapter(ASGIWebSocketAdapter):
     type), and a longer reason would fail the close itself."""
 
     async def close(self, code: int, reason: str) -> None:
+        if code == FORBIDDEN and reason == "Forbidden":
+            # Strawberry's refusal at connection_init says no more: say why (the view kept it).
+            why = getattr(self.ws.state, REFUSAL, None)
+            if why:
+                reason = f"Forbidden: {why}"
         fitting = reason.encode()[:_CLOSE_REASON_MAX].decode(errors="ignore")
         await super().close(code, fitting)
 
