@@ -61,13 +61,7 @@ def _validate_new_event(
     errors: list[FieldError] = []
     validation.check_account_id(account_id, "accountId", errors)
     validation.check_order_id(order_id, "orderId", errors)
-    validation.check_name(event.service, "event.service", errors)
-    validation.check_name(event.service_status, "event.serviceStatus", errors)
-    if event.description is not None:
-        validation.check_description(event.description, "event.description", errors)
-    metadata_text = None
-    if event.metadata is not None:
-        metadata_text = validation.check_metadata(event.metadata, "event.metadata", errors)
+    metadata_text: str | None = validation.check_event(event, "event", errors).get("metadata")
     if idempotency_key is not None:
         validation.check_idempotency_key(idempotency_key, "idempotencyKey", errors)
     if expected_version is not None and expected_version < 0:

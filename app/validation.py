@@ -10,6 +10,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -86,6 +87,34 @@ def check_metadata(value: Any, field: str, errors: list[FieldError]) -> str | No
         )
         return None
     return text
+
+
+# The rule of each field of an event as a client posts it (``app.records.NewEvent``), by the
+# field's name; ``state`` has none beyond its enum type. A new field gets its rule here and
+# nowhere else: the service checks every field listed (tests/test_input_rules.py holds this
+# to NewEvent's fields). A rule may return what it made of the value (metadata's JSON text).
+EVENT_RULES: dict[str, Callable[[Any, str, list[FieldError]], Any]] = {
+    "service": check_name,
+    "service_status": check_name,
+    "description": check_description,
+    "metadata": check_metadata,
+}
+# Fields whose type is their whole rule.
+EVENT_FIELDS_TYPED_ONLY = frozenset({"state"})
+
+
+def check_event(event: object, prefix: str, errors: list[FieldError]) -> dict[str, Any]:
+    """Checks each field of ``event`` that is set (not None) by its rule, naming it as the
+    API does (``event.serviceStatus``); returns what the rules made of the values."""
+    made = {}
+    for name, rule in EVENT_RULES.items():
+        value = getattr(event, name)
+        if value is not None:
+            made[name] = rule(value, f"{prefix}.{_API_NAMES[name]}", errors)
+    return made
+
+
+_API_NAMES = {name: re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name) for name in EVENT_RULES}
 
 
 def _json_problem(value: Any, depth: int) -> str | None:

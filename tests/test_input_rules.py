@@ -3,12 +3,15 @@ field, and a refused request stores nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
 
 from app.api.documents import Compiler
+from app.records import NewEvent
+from app.validation import EVENT_FIELDS_TYPED_ONLY, EVENT_RULES
 from tests.helpers import (
     ACCOUNT,
     CREATE,
@@ -324,3 +327,10 @@ async def test_input_refused_by_graphql_stores_nothing(client: Any) -> None:
     await create(client, event=event_input(state="DONE"))
 
     assert await stored_rows() == (0, 0)
+
+
+def test_every_field_of_a_posted_event_has_its_rule() -> None:
+    posted = {field.name for field in dataclasses.fields(NewEvent)}
+
+    assert set(EVENT_RULES) | EVENT_FIELDS_TYPED_ONLY == posted
+    assert not set(EVENT_RULES) & EVENT_FIELDS_TYPED_ONLY
