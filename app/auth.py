@@ -369,16 +369,25 @@ class LocalIssuer:
     once when a token names a key it does not know yet (``get_jwks(refresh=True)``).
     """
 
-    def __init__(self, settings: Settings, key: ECKey, retired: list[RetiredKey]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        key: ECKey,
+        retired: list[RetiredKey],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
+        self._clock = clock
         self._key = key
         self._retired = retired
         self._jwks = _published(key, retired, settings)
         self._seen = _file_states(settings)
-        self._reloaded_at = time.monotonic()
+        self._reloaded_at = clock()
 
     @classmethod
-    def load_or_create(cls, settings: Settings) -> LocalIssuer:
+    def load_or_create(
+        cls, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> LocalIssuer:
         if LOCAL_ALGORITHM not in settings.token_algorithms:
             raise SettingsError(
                 f"TOKEN_ALGORITHMS must include {LOCAL_ALGORITHM} while the server issues "
@@ -387,7 +396,7 @@ class LocalIssuer:
         path = settings.signing_key_path
         if not path.exists():
             _create_signing_key(path)
-        return cls(settings, _read_signing_key(path), _read_retired_keys(settings))
+        return cls(settings, _read_signing_key(path), _read_retired_keys(settings), clock)
 
     @property
     def signing_key(self) -> ECKey:
@@ -400,14 +409,14 @@ class LocalIssuer:
     async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
         # A token naming a key not known here may be signed by a key another process has
         # rotated in: look at the files again, at most once a second.
-        if refresh and time.monotonic() - self._reloaded_at >= 1:
+        if refresh and self._clock() - self._reloaded_at >= 1:
             self.reload()
         return self._jwks
 
     def reload(self) -> bool:
         """Reads the key files again if they changed since they were read; True if so. A key
         file that cannot be read now keeps the keys already loaded (and is logged)."""
-        self._reloaded_at = time.monotonic()
+        self._reloaded_at = self._clock()
         seen = _file_states(self._settings)
         if seen == self._seen:
             return False
