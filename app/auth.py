@@ -317,13 +317,18 @@ class TokenValidator:
             raise TokenError(reason) from None
 
     def _account_id(self, audience: str | list[str]) -> str:
-        prefix = f"{self._settings.audience_base}/"
+        prefix = audience_of(self._settings, "")
         values = {audience} if isinstance(audience, str) else set(audience)
         # Other audiences (another API of the issuer) are fine; two accounts of this one are not.
         ours = [value.removeprefix(prefix) for value in values if value.startswith(prefix)]
         if len(ours) != 1 or not ACCOUNT_ID_PATTERN.match(ours[0]):
             raise TokenError("token audience does not name an account of this API")
         return ours[0]
+
+
+def audience_of(settings: Settings, account_id: str) -> str:
+    """The ``aud`` of a token for ``account_id``, as Dintero's Get Token has it."""
+    return f"{settings.audience_base}/{account_id}"
 
 
 def _json_object(data: bytes, subject: str) -> dict[str, Any]:
@@ -451,7 +456,7 @@ class LocalIssuer:
         claims = {
             "iss": self._settings.issuer,
             "sub": subject,
-            "aud": f"{self._settings.audience_base}/{account_id}",
+            "aud": audience_of(self._settings, account_id),
             "scope": scope,
             "iat": now,
             "nbf": now,

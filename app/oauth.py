@@ -50,7 +50,7 @@ from app import clients
 from app.api import frontdoor
 from app.api.body import InvalidJSON, decode_json
 from app.api.endpoint import Reply
-from app.auth import ACCOUNT_ID_PATTERN, LOCAL_ALGORITHM, LocalIssuer, Principal
+from app.auth import ACCOUNT_ID_PATTERN, LOCAL_ALGORITHM, LocalIssuer, Principal, audience_of
 from app.clients import Client, Revocations
 from app.encoding import encode_json
 from app.errors import RateLimited
@@ -147,7 +147,7 @@ class _TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
             alg=LOCAL_ALGORITHM,
             expires_generator=settings.access_token_ttl_seconds,
         )
-        self._audience_base = settings.audience_base
+        self._settings = settings
         self._issuer = issuer
 
     def get_jwks(self) -> KeySet:
@@ -155,7 +155,7 @@ class _TokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
 
     def get_audiences(self, client: _AuthlibClient, user: object, scope: str) -> str:
         assert client.client is not None
-        return f"{self._audience_base}/{client.client.account_id}"
+        return audience_of(self._settings, client.client.account_id)
 
 
 class _Request(OAuth2Request):  # type: ignore[misc]
@@ -287,7 +287,7 @@ class TokenEndpoint:
 
     def _check_audience(self, data: dict[str, str], account_id: str) -> None:
         audience = data.get("audience")
-        expected = f"{self.settings.audience_base}/{account_id}"
+        expected = audience_of(self.settings, account_id)
         if audience is not None and audience != expected:
             raise OAuthError("invalid_request", f"audience must be {expected}")
 
