@@ -4,8 +4,11 @@ A request's bearer token is a JWT signed by the issuer (RFC 9068 shape). `TokenV
 checks it against the issuer's public keys, which come from a `KeySource`:
 
     KeySource
-     ├── LocalIssuer    development: this server signs its own tokens (key under data/)
+     ├── LocalIssuer    this server signs its own tokens (Get Token, scripts/token): the key
+     │                  under data/, and the keys it replaced until their tokens expire
      └── RemoteKeys     an external issuer's JWKS, from JWKS_URL or JWKS_FILE
+
+A token of a revoked client (``app.clients``) is refused however valid it is otherwise.
 
 Errors:
 
@@ -19,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import copy
+import fcntl
 import json
 import logging
 import math
@@ -117,7 +121,7 @@ class Principal:
 
     def _allows(self, action: str, path: tuple[str | None, ...]) -> bool:
         for scope in self.scopes:
-            parsed = _parse_scope(scope)
+            parsed = parse_scope(scope)
             if parsed is None:
                 continue
             granted, pattern = parsed
@@ -128,7 +132,7 @@ class Principal:
         return False
 
 
-def _parse_scope(scope: str) -> tuple[str, tuple[str, ...] | None] | None:
+def parse_scope(scope: str) -> tuple[str, tuple[str, ...] | None] | None:
     """Split `write:shopping:/orders/ANY/events` into ("write", ("orders", "ANY", "events")).
 
     A scope without a path covers the whole API (pattern None); a scope of another API, or one
@@ -171,9 +175,17 @@ class TokenValidator:
     the request body is: a key given twice is refused, not read last-one-wins.
     """
 
-    def __init__(self, settings: Settings, keys: KeySource) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        keys: KeySource,
+        revoked: Callable[[str], bool] | None = None,
+    ) -> None:
+        """``revoked`` says whether a subject is a revoked client: checked on every request,
+        after the token is found valid (and from memory: ``app.clients.Revocations``)."""
         self._settings = settings
         self._keys = keys
+        self._revoked = revoked
         types = [ACCESS_JWT_TYPE] if settings.local_issuer else [ACCESS_JWT_TYPE, GENERIC_JWT_TYPE]
         self._types = frozenset(name.lower() for name in types)
         self._type_error = f"token type (typ header) must be {' or '.join(types)}"
@@ -201,11 +213,13 @@ class TokenValidator:
                 del self._verified[token]
                 raise TokenError("token expired")
             self._verified.move_to_end(token)
-            return principal
-        principal = await self._verify(token)
-        self._verified[token] = principal
-        if len(self._verified) > VERIFIED_TOKENS_KEPT:
-            self._verified.popitem(last=False)
+        else:
+            principal = await self._verify(token)
+            self._verified[token] = principal
+            if len(self._verified) > VERIFIED_TOKENS_KEPT:
+                self._verified.popitem(last=False)
+        if self._revoked is not None and self._revoked(principal.subject):
+            raise TokenError("token's client is revoked")
         return principal
 
     async def _verify(self, token: str) -> Principal:
@@ -303,13 +317,18 @@ class TokenValidator:
             raise TokenError(reason) from None
 
     def _account_id(self, audience: str | list[str]) -> str:
-        prefix = f"{self._settings.audience_base}/"
+        prefix = audience_of(self._settings, "")
         values = {audience} if isinstance(audience, str) else set(audience)
         # Other audiences (another API of the issuer) are fine; two accounts of this one are not.
         ours = [value.removeprefix(prefix) for value in values if value.startswith(prefix)]
         if len(ours) != 1 or not ACCOUNT_ID_PATTERN.match(ours[0]):
             raise TokenError("token audience does not name an account of this API")
         return ours[0]
+
+
+def audience_of(settings: Settings, account_id: str) -> str:
+    """The ``aud`` of a token for ``account_id``, as Dintero's Get Token has it."""
+    return f"{settings.audience_base}/{account_id}"
 
 
 def _json_object(data: bytes, subject: str) -> dict[str, Any]:
@@ -344,15 +363,36 @@ def _import_key_set(jwks: dict[str, Any]) -> KeySet:
 
 
 class LocalIssuer:
-    """Development issuer: signs tokens with a key pair kept at settings.signing_key_path."""
+    """This server as its own issuer: signs tokens with the private key kept at
+    settings.signing_key_path, and publishes that key and the ones it replaced.
 
-    def __init__(self, settings: Settings, key: ECKey) -> None:
+    Every server process (and scripts/token) reads the same files, so a mounted
+    SIGNING_KEY_FILE shares them between hosts. ``rotate_signing_key`` (scripts/keys rotate)
+    puts a new key in place and keeps the one it replaces in a second file beside it, public
+    part only, until the tokens it signed have expired: no token stops being accepted. Each
+    process picks the new key up at its next ``reload`` (every CLIENT_REFRESH_SECONDS), or at
+    once when a token names a key it does not know yet (``get_jwks(refresh=True)``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        key: ECKey,
+        retired: list[RetiredKey],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
+        self._clock = clock
         self._key = key
-        self._jwks: dict[str, Any] = {"keys": [key.as_dict(private=False)]}
+        self._retired = retired
+        self._jwks = _published(key, retired, settings)
+        self._seen = _file_states(settings)
+        self._reloaded_at = clock()
 
     @classmethod
-    def load_or_create(cls, settings: Settings) -> LocalIssuer:
+    def load_or_create(
+        cls, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> LocalIssuer:
         if LOCAL_ALGORITHM not in settings.token_algorithms:
             raise SettingsError(
                 f"TOKEN_ALGORITHMS must include {LOCAL_ALGORITHM} while the server issues "
@@ -361,13 +401,40 @@ class LocalIssuer:
         path = settings.signing_key_path
         if not path.exists():
             _create_signing_key(path)
-        return cls(settings, _read_signing_key(path))
+        return cls(settings, _read_signing_key(path), _read_retired_keys(settings), clock)
+
+    @property
+    def signing_key(self) -> ECKey:
+        """The key new tokens are signed with."""
+        return self._key
 
     def jwks(self) -> dict[str, Any]:
         return copy.deepcopy(self._jwks)
 
     async def get_jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+        # A token naming a key not known here may be signed by a key another process has
+        # rotated in: look at the files again, at most once a second.
+        if refresh and self._clock() - self._reloaded_at >= 1:
+            self.reload()
         return self._jwks
+
+    def reload(self) -> bool:
+        """Reads the key files again if they changed since they were read; True if so. A key
+        file that cannot be read now keeps the keys already loaded (and is logged)."""
+        self._reloaded_at = self._clock()
+        seen = _file_states(self._settings)
+        if seen == self._seen:
+            return False
+        try:
+            key = _read_signing_key(self._settings.signing_key_path)
+            retired = _read_retired_keys(self._settings)
+        except SettingsError as error:
+            logger.warning("signing keys not reloaded: %s", error)
+            return False
+        self._seen = seen
+        self._key, self._retired = key, retired
+        self._jwks = _published(key, retired, self._settings)
+        return True
 
     def mint(
         self,
@@ -389,7 +456,7 @@ class LocalIssuer:
         claims = {
             "iss": self._settings.issuer,
             "sub": subject,
-            "aud": f"{self._settings.audience_base}/{account_id}",
+            "aud": audience_of(self._settings, account_id),
             "scope": scope,
             "iat": now,
             "nbf": now,
@@ -401,11 +468,98 @@ class LocalIssuer:
         return jwt.encode(header, claims, self._key, algorithms=[LOCAL_ALGORITHM])
 
 
-def _create_signing_key(path: Path) -> None:
+@dataclass(frozen=True)
+class RetiredKey:
+    """A signing key that was replaced: its public part, published until ``retired_at``
+    plus the longest a token lives (and the leeway) has passed."""
+
+    key: ECKey
+    retired_at: float
+
+
+def _published(key: ECKey, retired: list[RetiredKey], settings: Settings) -> dict[str, Any]:
+    now = time.time()
+    kept = [old.key for old in retired if not _retired_long_enough(old, settings, now)]
+    return {"keys": [each.as_dict(private=False) for each in [key, *kept]]}
+
+
+def _retired_long_enough(old: RetiredKey, settings: Settings, now: float) -> bool:
+    # Every token the key signed has expired (scripts/token --ttl longer than
+    # ACCESS_TOKEN_TTL_SECONDS aside).
+    lifetime = settings.access_token_ttl_seconds + settings.token_leeway_seconds
+    return now > old.retired_at + lifetime
+
+
+def retired_keys_path(settings: Settings) -> Path:
+    path = settings.signing_key_path
+    return path.with_name(f"{path.stem}-retired.json")
+
+
+def _file_states(settings: Settings) -> tuple[tuple[int, int, int] | None, ...]:
+    states: list[tuple[int, int, int] | None] = []
+    for path in (settings.signing_key_path, retired_keys_path(settings)):
+        try:
+            stat = path.stat()
+        except OSError:
+            states.append(None)
+        else:
+            states.append((stat.st_ino, stat.st_mtime_ns, stat.st_size))
+    return tuple(states)
+
+
+def rotate_signing_key(settings: Settings) -> tuple[str, str | None]:
+    """Puts a new signing key in place; the one it replaces goes on being published until its
+    tokens have expired, and keys retired longer ago than that are dropped. Returns the new
+    key's kid and the old one's (None when there was none). Rotations are serialised by a
+    lock on a file beside the key, so two at once do not lose a key."""
+    path = settings.signing_key_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = ECKey.generate_key(
+    lock = path.with_name(f".{path.name}.lock")
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        old = _read_signing_key(path) if path.exists() else None
+        now = time.time()
+        retired = [
+            each
+            for each in _read_retired_keys(settings)
+            if not _retired_long_enough(each, settings, now)
+        ]
+        if old is not None:
+            retired.insert(0, RetiredKey(old, now))
+            # Published first: a process that reads the new key has the old one too.
+            entries = [
+                {"retired_at": each.retired_at, "key": each.key.as_dict(private=False)}
+                for each in retired
+            ]
+            _write_replacing(retired_keys_path(settings), {"keys": entries})
+        key = _new_signing_key()
+        _write_replacing(path, key.as_dict(private=True))
+    return str(key.kid), None if old is None else str(old.kid)
+
+
+def _new_signing_key() -> ECKey:
+    return ECKey.generate_key(
         "P-256", parameters={"alg": LOCAL_ALGORITHM, "use": "sig"}, auto_kid=True
     )
+
+
+def _write_replacing(path: Path, content: dict[str, Any]) -> None:
+    """Writes ``content`` as the whole of ``path`` at once: a reader sees the old file or
+    the new one, never half of it. The file is private (mode 0600)."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            json.dump(content, file)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _create_signing_key(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = _new_signing_key()
     # mkstemp creates the file with mode 0600, and link() refuses to replace a key another
     # process created meanwhile: every server process and scripts/token end up with one key,
     # and nobody reads a half-written file.
@@ -427,6 +581,20 @@ def _read_signing_key(path: Path) -> ECKey:
     if not key.is_private or key.curve_name != "P-256":
         raise SettingsError(f"{path} must hold a private P-256 key")
     return key
+
+
+def _read_retired_keys(settings: Settings) -> list[RetiredKey]:
+    path = retired_keys_path(settings)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+        return [
+            RetiredKey(ECKey.import_key(entry["key"]), float(entry["retired_at"]))
+            for entry in content["keys"]
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError, KeyError, JoseError) as exc:
+        raise SettingsError(f"{path} is not a usable list of retired keys ({exc})") from exc
 
 
 class RemoteKeys:

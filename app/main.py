@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
-from app import health, idempotency
+from app import health, idempotency, oauth
 from app.api import access
 from app.api.documents import Compiler
 from app.api.endpoint import Endpoint, GraphQLRoute
@@ -24,6 +24,7 @@ from app.api.schema import schema
 from app.api.view import GraphQLView
 from app.auth import LocalIssuer, TokenValidator, key_source
 from app.broker import create_broker
+from app.clients import Revocations
 from app.db import tortoise_config
 from app.graphiql import graphiql_routes
 from app.ratelimit import create_limiter
@@ -34,6 +35,10 @@ from app.writer import EventWriter
 
 def create_app(settings: Settings) -> Starlette:
     keys = key_source(settings)
+    # Clients get tokens here only while the server is its own issuer (app.oauth); with an
+    # external one, the token path is not served (404).
+    issuer = keys if isinstance(keys, LocalIssuer) else None
+    revocations = Revocations() if issuer is not None else None
     broker = create_broker(settings.database_url)
     compiler = Compiler(schema, settings)
     # One limiter for HTTP requests and WebSocket operations alike: one bucket per caller.
@@ -41,7 +46,7 @@ def create_app(settings: Settings) -> Starlette:
     graphql = GraphQLView(
         schema,
         settings,
-        TokenValidator(settings, keys),
+        TokenValidator(settings, keys, revocations.is_revoked if revocations else None),
         broker,
         EventWriter(broker),
         compiler,
@@ -50,13 +55,16 @@ def create_app(settings: Settings) -> Starlette:
     endpoint = Endpoint(graphql, compiler, rate_limiter)
 
     routes: list[BaseRoute] = [*health.routes(settings.readiness_timeout_seconds)]
-    if isinstance(keys, LocalIssuer):
-        jwks = keys.jwks()
+    token_endpoint = None
+    if issuer is not None:
 
         async def published_keys(_: Request) -> Response:
-            return JSONResponse(jwks, headers={"cache-control": "public, max-age=300"})
+            # Read each time: a rotation (scripts/keys rotate) changes it.
+            return JSONResponse(issuer.jwks(), headers={"cache-control": "public, max-age=300"})
 
+        token_endpoint = oauth.TokenEndpoint(settings, issuer, rate_limiter)
         routes.append(Route("/.well-known/jwks.json", published_keys))
+        routes.append(Route(oauth.PATH, token_endpoint, methods=None))
     if settings.graphiql:
         routes.extend(graphiql_routes(settings))
 
@@ -68,6 +76,14 @@ def create_app(settings: Settings) -> Starlette:
             # open it here, before any request can.
             await get_connection("default").execute_query("SELECT 1")
             await broker.start()
+            refresher = None
+            if issuer is not None and revocations is not None:
+                # Before the first request, when the database answers (it may be down, or not
+                # migrated yet: /readyz says so): then tried again every few seconds.
+                await oauth.refresh_revocations(revocations)
+                refresher = asyncio.create_task(
+                    oauth.keep_fresh(revocations, issuer, settings.client_refresh_seconds)
+                )
             purger = asyncio.create_task(
                 idempotency.purge_forever(settings.idempotency_purge_interval_seconds)
             )
@@ -78,12 +94,16 @@ def create_app(settings: Settings) -> Starlette:
                 restore_signals()
                 # Normally drained already, when the signal came; this covers other stops.
                 await graphql.connections.drain_all(settings.shutdown_grace_seconds)
-                purger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purger
+                for task in (purger, refresher):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 await broker.stop()
                 if rate_limiter is not None:
                     await rate_limiter.close()
+                if token_endpoint is not None:
+                    await token_endpoint.close()
 
     cors = _cors(settings)
     middleware = [
@@ -96,6 +116,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.broker = broker
     app.state.rate_limiter = rate_limiter
+    app.state.revocations = revocations
     return app
 
 

@@ -92,3 +92,21 @@ class IdempotencyKey(Model):
         table = "idempotency_keys"
         unique_together = (("account_id", "subject", "key"),)
         indexes = (Index(fields=("expires_at",), name="idempotency_keys_expires_at"),)
+
+
+# A service's client credentials for Get Token (``app.clients``, ``app.oauth``): only the
+# secret's Argon2id hash is kept. A revoked client is kept, revoked, so that every process
+# can go on refusing the tokens it was issued until they expire.
+class OAuthClient(Model):
+    id = fields.BigIntField(primary_key=True)
+    client_id = fields.CharField(max_length=40, unique=True)
+    account_id = fields.CharField(max_length=9)
+    name = fields.CharField(max_length=255, default="")
+    scope = fields.TextField()
+    secret_hash = fields.CharField(max_length=255)
+    created_at = fields.DatetimeField()
+    revoked_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "oauth_clients"
+        indexes = (Index(fields=("account_id",), name="oauth_clients_account"),)

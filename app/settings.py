@@ -43,6 +43,15 @@ class Settings:
     jwks_min_refresh_seconds: int = 30
     token_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     token_leeway_seconds: int = 30
+    # Get Token (app.oauth), while the server is its own issuer: the lifetime of the tokens
+    # it issues; how often each process reloads revoked clients and the signing keys; and
+    # client authentication attempts per client id and per address (0: no limit). A mounted
+    # SIGNING_KEY_FILE shares the keys between hosts (default: DATA_DIR/signing-key.json).
+    access_token_ttl_seconds: int = 3600
+    client_refresh_seconds: float = 2.0
+    token_attempts_per_second: float = 0.2
+    token_attempt_burst: int = 10
+    signing_key_file: Path | None = None
 
     # API.
     max_page_size: int = 200
@@ -108,6 +117,8 @@ class Settings:
             yield "DB_POOL_MAX_SIZE must be at least 1, and DB_POOL_MIN_SIZE between 0 and it"
         if not self.rate_limit_per_second >= 0:
             yield "RATE_LIMIT_PER_SECOND must be 0 (no limit) or more"
+        if not self.token_attempts_per_second >= 0:
+            yield "TOKEN_ATTEMPTS_PER_SECOND must be 0 (no limit) or more"
         yield from self._rate_limit_store_problems()
         if not self.token_algorithms:
             yield "TOKEN_ALGORITHMS must name at least one algorithm"
@@ -145,7 +156,7 @@ class Settings:
 
     @property
     def signing_key_path(self) -> Path:
-        return self.data_dir / "signing-key.json"
+        return self.signing_key_file or self.data_dir / "signing-key.json"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -184,6 +195,7 @@ class Settings:
             raise SettingsError(f"{name} must be true or false, not {raw!r}")
 
         jwks_file = env.get("JWKS_FILE", "").strip()
+        signing_key_file = env.get("SIGNING_KEY_FILE", "").strip()
         algorithms = env.get("TOKEN_ALGORITHMS", "").replace(",", " ").split()
         return cls(
             database_url=text("DATABASE_URL", defaults.database_url),
@@ -210,6 +222,17 @@ class Settings:
             ),
             token_algorithms=tuple(algorithms) or defaults.token_algorithms,
             token_leeway_seconds=integer("TOKEN_LEEWAY_SECONDS", defaults.token_leeway_seconds),
+            access_token_ttl_seconds=integer(
+                "ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds
+            ),
+            client_refresh_seconds=number(
+                "CLIENT_REFRESH_SECONDS", defaults.client_refresh_seconds
+            ),
+            token_attempts_per_second=number(
+                "TOKEN_ATTEMPTS_PER_SECOND", defaults.token_attempts_per_second
+            ),
+            token_attempt_burst=integer("TOKEN_ATTEMPT_BURST", defaults.token_attempt_burst),
+            signing_key_file=Path(signing_key_file) if signing_key_file else None,
             max_page_size=integer("MAX_PAGE_SIZE", defaults.max_page_size),
             idempotency_key_ttl_seconds=integer(
                 "IDEMPOTENCY_KEY_TTL_SECONDS", defaults.idempotency_key_ttl_seconds
@@ -273,6 +296,7 @@ _POSITIVE = (
     "header_timeout_seconds",
     "body_timeout_seconds",
     "rate_limit_store_timeout_seconds",
+    "client_refresh_seconds",
 )
 # Settings with a least value, and what the message adds to it.
 _MINIMUMS = {
@@ -290,6 +314,8 @@ _MINIMUMS = {
     "max_query_selections": (1, ""),
     "max_query_repeats": (0, ""),
     "rate_limit_burst": (1, ""),
+    "access_token_ttl_seconds": (60, " (one minute)"),
+    "token_attempt_burst": (1, ""),
     "keep_alive_timeout_seconds": (1, ""),
     "max_header_bytes": (1024, ""),
     "max_header_count": (10, ""),

@@ -134,9 +134,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def settings(database_url: str, data_dir: Path) -> Settings:
     # No rate limit: the whole suite is one caller, far faster than any device. Its tests
-    # (tests/test_ratelimit.py) set one with other_settings.
+    # (tests/test_ratelimit.py, tests/test_oauth.py) set one with other_settings.
     return Settings(
-        database_url=database_url, data_dir=data_dir, graphiql=False, rate_limit_per_second=0
+        database_url=database_url,
+        data_dir=data_dir,
+        graphiql=False,
+        rate_limit_per_second=0,
+        token_attempts_per_second=0,
     )
 
 
@@ -269,6 +273,7 @@ def server_env(settings: Settings, app: Starlette) -> dict[str, str]:
         "PUBLIC_URL": settings.public_url,
         "GRAPHIQL": "false",
         "RATE_LIMIT_PER_SECOND": "0",
+        "TOKEN_ATTEMPTS_PER_SECOND": "0",
     }
 
 
