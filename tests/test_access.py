@@ -163,7 +163,7 @@ def broken_validation(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("the metadata checker broke")
 
-    monkeypatch.setattr(app.validation, "check_metadata", fail)
+    monkeypatch.setitem(app.validation.EVENT_RULES, "metadata", fail)
 
 
 @pytest.mark.usefixtures("broken_validation")

@@ -100,14 +100,17 @@ async def test_an_operation_over_the_limit_is_refused_before_its_document_is_rea
 async def test_subscriptions_over_the_burst_are_refused(
     server: Server, client: GraphQLClient, caller: str, issuer: LocalIssuer, protocol: str
 ) -> None:
-    async with subscriber(server, caller, protocol) as ws:
-        ops = [await ws.subscribe(SUBSCRIBE, watching()) for _ in range(BURST + 1)]
-        refused = await ws.error(ops[-1])
-        # Another caller writes: the subscriptions let through are live.
-        async with http_api(server, token(issuer)) as writer:
+    # Another caller writes: a first event, after which the subscriptions start (so that
+    # each gets the next however soon it is written after they are let through), then that.
+    async with http_api(server, token(issuer)) as writer:
+        first = await writer.execute(CREATE, create_variables())
+        after = first["data"]["createOrderEvent"]["cursor"]
+        async with subscriber(server, caller, protocol) as ws:
+            ops = [await ws.subscribe(SUBSCRIBE, watching(after=after)) for _ in range(BURST + 1)]
+            refused = await ws.error(ops[-1])
             body = await writer.execute(CREATE, create_variables())
-        assert "errors" not in body, body
-        delivered = [await ws.events(op, 1) for op in ops[:-1]]
+            assert "errors" not in body, body
+            delivered = [await ws.events(op, 1) for op in ops[:-1]]
 
     assert refused["extensions"]["code"] == "RATE_LIMITED"
     assert len(delivered) == BURST
