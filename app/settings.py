@@ -6,10 +6,14 @@ and the server acting as its own token issuer with a key pair it creates under .
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
@@ -160,132 +164,55 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings the environment gives: each field from the variable of its name in
+        capitals (``env_name``), read as its type says; an unset or blank one keeps its
+        default. Lists are separated by spaces or commas."""
         env = os.environ if env is None else env
-        defaults = cls()
-
-        def text(name: str, default: str) -> str:
-            return env.get(name, "").strip() or default
-
-        def integer(name: str, default: int) -> int:
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = env_name(field.name)
             raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                return int(raw)
-            except ValueError:
-                raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+            if raw:
+                values[field.name] = _read(hints[field.name], name, raw)
+        return cls(**values)
 
-        def number(name: str, default: float) -> float:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                return float(raw)
-            except ValueError:
-                raise SettingsError(f"{name} must be a number, not {raw!r}") from None
 
-        def flag(name: str, default: bool) -> bool:
-            raw = env.get(name, "").strip().lower()
-            if not raw:
-                return default
-            if raw in {"1", "true", "yes", "on"}:
-                return True
-            if raw in {"0", "false", "no", "off"}:
-                return False
-            raise SettingsError(f"{name} must be true or false, not {raw!r}")
+# Fields whose variable is not their name in capitals: the token's issuer and audience.
+_ENV_NAMES = {"issuer": "TOKEN_ISSUER", "audience_base": "TOKEN_AUDIENCE_BASE"}
 
-        jwks_file = env.get("JWKS_FILE", "").strip()
-        signing_key_file = env.get("SIGNING_KEY_FILE", "").strip()
-        algorithms = env.get("TOKEN_ALGORITHMS", "").replace(",", " ").split()
-        return cls(
-            database_url=text("DATABASE_URL", defaults.database_url),
-            data_dir=Path(text("DATA_DIR", str(defaults.data_dir))),
-            db_connect_timeout_seconds=number(
-                "DB_CONNECT_TIMEOUT_SECONDS", defaults.db_connect_timeout_seconds
-            ),
-            db_command_timeout_seconds=number(
-                "DB_COMMAND_TIMEOUT_SECONDS", defaults.db_command_timeout_seconds
-            ),
-            db_pool_min_size=integer("DB_POOL_MIN_SIZE", defaults.db_pool_min_size),
-            db_pool_max_size=integer("DB_POOL_MAX_SIZE", defaults.db_pool_max_size),
-            readiness_timeout_seconds=number(
-                "READINESS_TIMEOUT_SECONDS", defaults.readiness_timeout_seconds
-            ),
-            public_url=text("PUBLIC_URL", defaults.public_url),
-            issuer=text("TOKEN_ISSUER", ""),
-            audience_base=text("TOKEN_AUDIENCE_BASE", ""),
-            jwks_url=env.get("JWKS_URL", "").strip() or None,
-            jwks_file=Path(jwks_file) if jwks_file else None,
-            jwks_cache_seconds=integer("JWKS_CACHE_SECONDS", defaults.jwks_cache_seconds),
-            jwks_min_refresh_seconds=integer(
-                "JWKS_MIN_REFRESH_SECONDS", defaults.jwks_min_refresh_seconds
-            ),
-            token_algorithms=tuple(algorithms) or defaults.token_algorithms,
-            token_leeway_seconds=integer("TOKEN_LEEWAY_SECONDS", defaults.token_leeway_seconds),
-            access_token_ttl_seconds=integer(
-                "ACCESS_TOKEN_TTL_SECONDS", defaults.access_token_ttl_seconds
-            ),
-            client_refresh_seconds=number(
-                "CLIENT_REFRESH_SECONDS", defaults.client_refresh_seconds
-            ),
-            token_attempts_per_second=number(
-                "TOKEN_ATTEMPTS_PER_SECOND", defaults.token_attempts_per_second
-            ),
-            token_attempt_burst=integer("TOKEN_ATTEMPT_BURST", defaults.token_attempt_burst),
-            signing_key_file=Path(signing_key_file) if signing_key_file else None,
-            max_page_size=integer("MAX_PAGE_SIZE", defaults.max_page_size),
-            idempotency_key_ttl_seconds=integer(
-                "IDEMPOTENCY_KEY_TTL_SECONDS", defaults.idempotency_key_ttl_seconds
-            ),
-            idempotency_purge_interval_seconds=integer(
-                "IDEMPOTENCY_PURGE_INTERVAL_SECONDS", defaults.idempotency_purge_interval_seconds
-            ),
-            max_body_bytes=integer("MAX_BODY_BYTES", defaults.max_body_bytes),
-            max_query_tokens=integer("MAX_QUERY_TOKENS", defaults.max_query_tokens),
-            max_anonymous_query_tokens=integer(
-                "MAX_ANONYMOUS_QUERY_TOKENS", defaults.max_anonymous_query_tokens
-            ),
-            max_query_depth=integer("MAX_QUERY_DEPTH", defaults.max_query_depth),
-            max_query_aliases=integer("MAX_QUERY_ALIASES", defaults.max_query_aliases),
-            max_query_cost=integer("MAX_QUERY_COST", defaults.max_query_cost),
-            max_query_selections=integer("MAX_QUERY_SELECTIONS", defaults.max_query_selections),
-            max_query_repeats=integer("MAX_QUERY_REPEATS", defaults.max_query_repeats),
-            rate_limit_per_second=number("RATE_LIMIT_PER_SECOND", defaults.rate_limit_per_second),
-            rate_limit_burst=integer("RATE_LIMIT_BURST", defaults.rate_limit_burst),
-            rate_limit_store=text("RATE_LIMIT_STORE", defaults.rate_limit_store),
-            rate_limit_store_timeout_seconds=number(
-                "RATE_LIMIT_STORE_TIMEOUT_SECONDS", defaults.rate_limit_store_timeout_seconds
-            ),
-            rate_limit_key_prefix=text("RATE_LIMIT_KEY_PREFIX", defaults.rate_limit_key_prefix),
-            allowed_origins=tuple(env.get("ALLOWED_ORIGINS", "").replace(",", " ").split()),
-            ws_init_timeout_seconds=number(
-                "WS_INIT_TIMEOUT_SECONDS", defaults.ws_init_timeout_seconds
-            ),
-            ws_ping_interval_seconds=number(
-                "WS_PING_INTERVAL_SECONDS", defaults.ws_ping_interval_seconds
-            ),
-            max_subscriptions_per_connection=integer(
-                "MAX_SUBSCRIPTIONS_PER_CONNECTION", defaults.max_subscriptions_per_connection
-            ),
-            subscription_buffer=integer("SUBSCRIPTION_BUFFER", defaults.subscription_buffer),
-            shutdown_grace_seconds=number(
-                "SHUTDOWN_GRACE_SECONDS", defaults.shutdown_grace_seconds
-            ),
-            header_timeout_seconds=number(
-                "HEADER_TIMEOUT_SECONDS", defaults.header_timeout_seconds
-            ),
-            body_timeout_seconds=number("BODY_TIMEOUT_SECONDS", defaults.body_timeout_seconds),
-            keep_alive_timeout_seconds=integer(
-                "KEEP_ALIVE_TIMEOUT_SECONDS", defaults.keep_alive_timeout_seconds
-            ),
-            max_header_bytes=integer("MAX_HEADER_BYTES", defaults.max_header_bytes),
-            max_header_count=integer("MAX_HEADER_COUNT", defaults.max_header_count),
-            max_connections=integer("MAX_CONNECTIONS", defaults.max_connections),
-            graphiql=flag("GRAPHIQL", defaults.graphiql),
-            graphiql_assets_dir=Path(
-                text("GRAPHIQL_ASSETS_DIR", str(defaults.graphiql_assets_dir))
-            ),
-        )
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    return _ENV_NAMES.get(field, field.upper())
+
+
+def _read(hint: Any, name: str, raw: str) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (hint,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if hint is bool:
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{name} must be true or false, not {raw!r}")
+    if hint is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if hint is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if hint == tuple[str, ...]:
+        return tuple(raw.replace(",", " ").split())
+    if hint is Path:
+        return Path(raw)
+    if hint is str:
+        return raw
+    raise TypeError(f"a setting of type {hint} cannot be read from the environment")
 
 
 # Settings that must be more than 0.
