@@ -44,7 +44,8 @@ def create_app(settings: Settings) -> Starlette:
         if settings.rate_limit_per_second > 0
         else None
     )
-    endpoint = Endpoint(graphql, compiler, rate_limiter)
+    cors = _cors(settings)
+    endpoint = Endpoint(graphql, compiler, rate_limiter, cors)
 
     routes: list[BaseRoute] = [*health.routes(settings.readiness_timeout_seconds)]
     if isinstance(keys, LocalIssuer):
@@ -80,11 +81,10 @@ def create_app(settings: Settings) -> Starlette:
                     await purger
                 await broker.stop()
 
-    cors = _cors(settings)
     middleware = [
-        # CORS applies to /graphql as to every route; WebSockets pass it untouched (the view
-        # checks their Origin).
-        Middleware(GraphQLRoute, endpoint=cors.cls(endpoint, *cors.args, **cors.kwargs)),
+        # CORS applies to /graphql (the endpoint applies it) as to every route; WebSockets
+        # pass it untouched (the view checks their Origin).
+        Middleware(GraphQLRoute, endpoint=endpoint),
         cors,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -18,9 +18,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from cross_web import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
@@ -61,20 +62,51 @@ class Reply:
 
 
 class Endpoint:
+    """The endpoint; ``cors``, the CORS middleware, applies to requests from a browser's page
+    (those with an ``Origin`` header). A request without one skips the middleware's pass over
+    the response and gets the headers it would have added (``Vary: Origin``), as the
+    middleware itself answered a request without ``Origin`` the first time one came."""
+
     def __init__(
         self,
         view: GraphQLView,
         compiler: documents.Compiler,
         rate_limiter: RateLimiter | None,
+        cors: Middleware | None = None,
     ) -> None:
         self.view = view
         self.compiler = compiler
         self.rate_limiter = rate_limiter
+        self._cors = cors
+        self._cross_origin = cors.cls(self._http, *cors.args, **cors.kwargs) if cors else None
+        # What the middleware adds for a request without Origin; None until learnt.
+        self._same_origin_headers: list[tuple[bytes, bytes]] | None = None if cors else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.view(scope, receive, send)
             return
+        headers = _read_headers(scope)
+        if b"origin" in headers and self._cross_origin is not None:
+            await self._cross_origin(scope, receive, send)
+            return
+        added = self._same_origin_headers
+        if added is None:
+            assert self._cors is not None
+            added = self._same_origin_headers = await _added_without_origin(self._cors)
+        await self._answer_http(scope, receive, send, headers, added)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._answer_http(scope, receive, send, _read_headers(scope), ())
+
+    async def _answer_http(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: _Headers,
+        added: Iterable[tuple[bytes, bytes]],
+    ) -> None:
         started = time.perf_counter()
         settings = self.view.settings
         request = Request(scope, limit_body(scope, receive, settings.max_body_bytes))
@@ -82,7 +114,7 @@ class Endpoint:
         request_id = state.request_id = new_request_id()
         state.error_codes = []
         try:
-            reply = await self._answer(request, request_id)
+            reply = await self._answer(request, request_id, headers)
         except Exception:
             logger.exception("unexpected error request_id=%s", request_id)
             error = ServiceError(f"Internal server error (request id {request_id})")
@@ -90,20 +122,24 @@ class Endpoint:
             state.error_codes = [error.code]
         if isinstance(reply, Reply):
             reply.headers.append((b"x-request-id", request_id.encode()))
+            reply.headers.extend(added)
             status = reply.status
         else:
             reply.headers["x-request-id"] = request_id
+            # Appended, not merged: a header listed twice is one list (RFC 9110, 5.3).
+            reply.raw_headers.extend(added)
             status = reply.status_code
         try:
             await reply(scope, request.receive, send)
         finally:
             access.log_request(request, status, started)
 
-    async def _answer(self, request: Request, request_id: str) -> Reply | Response:
+    async def _answer(
+        self, request: Request, request_id: str, headers: _Headers
+    ) -> Reply | Response:
         state = request.state
         view = self.view
         context = view.new_context(request, None, request_id)
-        headers = _read_headers(request.scope)
         header = headers.get(b"authorization")
         if header is not None:
             await authenticate(context, header, view.validator)
@@ -166,7 +202,26 @@ class Endpoint:
 
 _Headers = dict[bytes, str]
 # The request headers the front door reads; the first of each counts, as Starlette reads it.
-_READ = frozenset({b"authorization", b"accept", b"content-type"})
+_READ = frozenset({b"authorization", b"accept", b"content-type", b"origin"})
+
+
+async def _added_without_origin(cors: Middleware) -> list[tuple[bytes, bytes]]:
+    """The headers the ``cors`` middleware adds to a response, without headers of its own, to
+    a request without ``Origin``."""
+    sent: list[Message] = []
+
+    async def bare(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def keep(message: Message) -> None:
+        sent.append(message)
+
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+    probe = {"type": "http", "method": "GET", "path": "/", "query_string": b"", "headers": []}
+    await cors.cls(bare, *cors.args, **cors.kwargs)(probe, nothing, keep)
+    return [(bytes(name), bytes(value)) for name, value in sent[0]["headers"]]
 
 
 def _read_headers(scope: Scope) -> _Headers:
