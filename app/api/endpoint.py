@@ -110,11 +110,10 @@ class Endpoint:
         started = time.perf_counter()
         settings = self.view.settings
         request = Request(scope, limit_body(scope, receive, settings.max_body_bytes))
-        state = request.state
-        request_id = state.request_id = new_request_id()
-        state.error_codes = []
+        request_id = new_request_id()
+        state = access.Exchange(scope, request_id)
         try:
-            reply = await self._answer(request, request_id, headers)
+            reply = await self._answer(request, state, headers)
         except Exception:
             logger.exception("unexpected error request_id=%s", request_id)
             error = ServiceError(f"Internal server error (request id {request_id})")
@@ -132,13 +131,14 @@ class Endpoint:
         try:
             await reply(scope, request.receive, send)
         finally:
-            access.log_request(request, status, started)
+            state.log(status, started)
 
     async def _answer(
-        self, request: Request, request_id: str, headers: _Headers
+        self, request: Request, state: access.Exchange, headers: _Headers
     ) -> Reply | Response:
-        state = request.state
+        """The reply to ``request``; what its access line says is noted in ``state``."""
         view = self.view
+        request_id = state.request_id
         context = view.new_context(request, None, request_id)
         header = headers.get(b"authorization")
         if header is not None:
@@ -165,29 +165,30 @@ class Endpoint:
         # introspection: such requests go straight on, and never compile a document.
         if operation is not None and context.principal is not None:
             query, variables, operation_name = operation
-            plan = self.compiler.plan(query, operation_name, request.method)
+            plan = self.compiler.plan(query, operation_name, state.method)
             if plan is not None:
                 state.operation = plan.name
                 result = await documents.execute(plan, context, variables)
                 if result is not None:
-                    return self._reply(request, result, request_id, headers)
-        return await self._view(request, context)
+                    return self._reply(state, result, headers)
+        return await self._view(request, context, state)
 
-    def _reply(
-        self, request: Request, result: ExecutionResult, request_id: str, headers: _Headers
-    ) -> Reply:
-        state = request.state
+    def _reply(self, state: access.Exchange, result: ExecutionResult, headers: _Headers) -> Reply:
         media_type = negotiate(headers.get(b"accept", ""))
-        shaped = shape_result(result, media_type, request_id)
+        shaped = shape_result(result, media_type, state.request_id)
         state.error_codes = shaped.codes
         body = encode_json(shaped.body)
         content_type = f"{media_type}; charset=utf-8"
         return Reply(shaped.status or 200, body, content_type, shaped.headers)
 
-    async def _view(self, request: Request, context: Context) -> Reply | Response:
-        state = request.state
+    async def _view(
+        self, request: Request, context: Context, state: access.Exchange
+    ) -> Reply | Response:
+        # The view notes the operation's name and the errors' codes in the request's state.
+        noted = request.state
+        noted.request_id = state.request_id
         try:
-            return await self.view.run(request, context=context)
+            reply = await self.view.run(request, context=context)
         except HTTPException as error:
             state.error_codes = ["BAD_USER_INPUT"]
             if isinstance(error.__cause__, InvalidOperationTypeError):
@@ -198,6 +199,11 @@ class Endpoint:
         except MissingQueryError:
             state.error_codes = ["BAD_USER_INPUT"]
             return _request_error("No GraphQL query found in the request", 400)
+        else:
+            state.error_codes = getattr(noted, "error_codes", state.error_codes)
+            return reply
+        finally:
+            state.operation = getattr(noted, "operation", state.operation)
 
 
 _Headers = dict[bytes, str]
