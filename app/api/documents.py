@@ -9,6 +9,7 @@ value a plan cannot take is left to that route, which gives the ordinary answer
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from graphql import (
     DocumentNode,
     FieldNode,
     GraphQLArgument,
+    GraphQLEnumType,
     GraphQLError,
     GraphQLField,
     GraphQLInputObjectType,
@@ -370,6 +372,10 @@ def _completion(
     if type_.name in _AS_IS:
         return None
     serialize = type_.serialize
+    if isinstance(type_, GraphQLEnumType):
+        # An enum has a few values, each always serialized alike: remembered, not searched
+        # for in the type's values at each request.
+        serialize = functools.lru_cache(maxsize=256)(serialize)
     return lambda value: None if value is None else serialize(value)
 
 
