@@ -196,12 +196,10 @@ class FlushPerTick(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, text: str) -> None:
         """What ``emit`` does for a record whose formatted message is ``text``."""
-        self.acquire()
-        try:
+        with self.lock:  # type: ignore[union-attr]  # created with the handler
             self.stream.write(text + self.terminator)
-            self.flush()
-        finally:
-            self.release()
+            if not self._pending:
+                self.flush()
 
     def flush(self) -> None:
         try:
