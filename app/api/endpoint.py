@@ -174,11 +174,10 @@ class Endpoint:
         return await self._view(request, context, state)
 
     def _reply(self, state: access.Exchange, result: ExecutionResult, headers: _Headers) -> Reply:
-        media_type = negotiate(headers.get(b"accept", ""))
+        media_type, content_type = _media_type(headers.get(b"accept", ""))
         shaped = shape_result(result, media_type, state.request_id)
         state.error_codes = shaped.codes
         body = encode_json(shaped.body)
-        content_type = f"{media_type}; charset=utf-8"
         return Reply(shaped.status or 200, body, content_type, shaped.headers)
 
     async def _view(
@@ -209,6 +208,14 @@ class Endpoint:
 _Headers = dict[bytes, str]
 # The request headers the front door reads; the first of each counts, as Starlette reads it.
 _READ = frozenset({b"authorization", b"accept", b"content-type", b"origin"})
+
+
+@functools.lru_cache(maxsize=64)
+def _media_type(accept: str) -> tuple[str, str]:
+    """The response's media type for an ``Accept`` header (the same text request after
+    request), and its ``Content-Type``."""
+    media_type = negotiate(accept)
+    return media_type, f"{media_type}; charset=utf-8"
 
 
 async def _added_without_origin(cors: Middleware) -> list[tuple[bytes, bytes]]:
