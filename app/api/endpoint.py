@@ -62,10 +62,10 @@ class Reply:
 
 
 class Endpoint:
-    """The endpoint; ``cors``, the CORS middleware, applies to requests from a browser's page
-    (those with an ``Origin`` header). A request without one skips the middleware's pass over
-    the response and gets the headers it would have added (``Vary: Origin``), as the
-    middleware itself answered a request without ``Origin`` the first time one came."""
+    """The ``/graphql`` endpoint. ``cors``, the application's CORS middleware, applies to
+    requests from a browser's page (those with an ``Origin`` header). Any other request skips
+    the middleware's pass over its response and gets the headers the middleware adds to such
+    a request (``Vary: Origin``), learnt from the middleware itself at the first one."""
 
     def __init__(
         self,
