@@ -52,7 +52,8 @@ def create_app(settings: Settings) -> Starlette:
         compiler,
         rate_limiter,
     )
-    endpoint = Endpoint(graphql, compiler, rate_limiter)
+    cors = _cors(settings)
+    endpoint = Endpoint(graphql, compiler, rate_limiter, cors)
 
     routes: list[BaseRoute] = [*health.routes(settings.readiness_timeout_seconds)]
     token_endpoint = None
@@ -105,11 +106,10 @@ def create_app(settings: Settings) -> Starlette:
                 if token_endpoint is not None:
                     await token_endpoint.close()
 
-    cors = _cors(settings)
     middleware = [
-        # CORS applies to /graphql as to every route; WebSockets pass it untouched (the view
-        # checks their Origin).
-        Middleware(GraphQLRoute, endpoint=cors.cls(endpoint, *cors.args, **cors.kwargs)),
+        # CORS applies to /graphql (the endpoint applies it) as to every route; WebSockets
+        # pass it untouched (the view checks their Origin).
+        Middleware(GraphQLRoute, endpoint=endpoint),
         cors,
     ]
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)

@@ -47,9 +47,9 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from app import clients
-from app.api import frontdoor
+from app.api import access, frontdoor
 from app.api.body import InvalidJSON, decode_json
-from app.api.endpoint import Reply
+from app.api.frontdoor import Reply
 from app.auth import ACCOUNT_ID_PATTERN, LOCAL_ALGORITHM, LocalIssuer, Principal, audience_of
 from app.clients import Client, Revocations
 from app.encoding import encode_json
@@ -229,23 +229,18 @@ class TokenEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await frontdoor.serve(
-            scope,
-            receive,
-            send,
-            answer=self._answer,
-            internal_error=_internal_error,
-            max_body_bytes=self.settings.max_body_bytes,
+            scope, receive, send, self._answer, _internal_error, self.settings.max_body_bytes
         )
 
-    async def _answer(self, request: Request) -> Reply:
+    async def _answer(self, request: Request, exchange: access.Exchange) -> Reply:
         try:
-            return await self._token(request)
+            return await self._token(request, exchange)
         except OAuthError as error:
-            request.state.error_codes = [error.error]
+            exchange.error_codes = [error.error]
             body = {"error": error.error, "error_description": error.description}
             return _reply(error.status, body, error.headers)
 
-    async def _token(self, request: Request) -> Reply:
+    async def _token(self, request: Request, exchange: access.Exchange) -> Reply:
         if request.method != "POST":
             raise OAuthError(
                 "invalid_request", "the token endpoint takes POST", 405, [("allow", "POST")]
@@ -272,14 +267,14 @@ class TokenEndpoint:
             _Request(self._uri(request), headers, data),
         )
         if status == 200 and found is not None:
-            request.state.principal = Principal(
+            exchange.principal = Principal(
                 subject=found.client_id,
                 account_id=account_id,
                 scopes=frozenset(body["scope"].split()),
                 expires_at=time.time() + body["expires_in"],
             )
         elif "error" in body:
-            request.state.error_codes = [body["error"]]
+            exchange.error_codes = [body["error"]]
         kept = [
             (name, value) for name, value in answer_headers if name.lower() == "www-authenticate"
         ]

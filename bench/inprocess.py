@@ -2,15 +2,17 @@
 
 The ASGI app is called directly (no sockets, no HTTP parsing, no load generator), with the
 documents ``scripts/bench`` sends, so that what a change to the request path costs shows
-without the noise of a loaded machine's network stack. Prints process CPU time per request;
-``--profile`` adds cProfile's top functions. SQLite by default; ``--database`` takes a URL
-(PostgreSQL: an empty database, migrated here).
+without the noise of a loaded machine's network stack. The access log is written to a file,
+as a served process writes it to its log. Prints process CPU time per request; ``--profile``
+adds cProfile's top functions. SQLite by default; ``--database`` takes a URL (PostgreSQL: an
+empty database, migrated here).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import pstats
 import tempfile
@@ -19,6 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from app.api import access
 from app.auth import LocalIssuer
 from app.db import apply_migrations
 from app.main import create_app
@@ -35,6 +38,11 @@ async def measure(kind: str, database_url: str, count: int, profile: bool) -> No
     settings = Settings(
         database_url=database_url, data_dir=workdir / "data", rate_limit_per_second=0
     )
+    # As app.main.create_app_from_env does, into a file instead of standard output.
+    # The file stays open as long as the process, as a served process's log does.
+    log = (workdir / "access.log").open("w")
+    with contextlib.redirect_stdout(log):
+        access.configure()
     app = create_app(settings)
     token = LocalIssuer.load_or_create(settings).mint(
         account_id=ACCOUNT, scope="read:shopping write:shopping", subject="bench", ttl_seconds=3600

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.conftest import ClientWith
 
 SHOP = "https://shop.example"
@@ -82,3 +84,37 @@ async def test_credentials_are_never_allowed(client_with: ClientWith) -> None:
 
     assert response.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in response.headers
+
+
+# One document a compiled plan answers, one the view answers (app.api.documents).
+ANSWERED_BY = {
+    "a plan": '{ orderEvents(accountId: "T12345678", orderId: "o-1") { state } }',
+    "the view": "{ __typename }",
+}
+
+
+@pytest.mark.parametrize("query", ANSWERED_BY.values(), ids=ANSWERED_BY.keys())
+async def test_a_response_without_origin_says_it_depends_on_the_origin(
+    client_with: ClientWith, query: str
+) -> None:
+    # A cache must not hand a browser's page a response made for a request without Origin.
+    client = client_with(allowed_origins=(SHOP,))
+
+    response = await client.post(query)
+
+    assert response.status_code == 200
+    assert "errors" not in response.json()
+    assert "Origin" in response.headers.get_list("vary")
+    assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize("query", ANSWERED_BY.values(), ids=ANSWERED_BY.keys())
+async def test_a_response_to_an_allowed_origin_says_it_depends_on_the_origin(
+    client_with: ClientWith, query: str
+) -> None:
+    client = client_with(allowed_origins=(SHOP,))
+
+    response = await client.post(query, headers={"origin": SHOP})
+
+    assert response.headers["access-control-allow-origin"] == SHOP
+    assert response.headers.get_list("vary") == ["Origin"]

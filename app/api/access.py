@@ -39,22 +39,32 @@ class OperationName(SchemaExtension):
             request.state.operation = self.execution_context.operation_name
 
 
-def log_request(request: Request, status: int, started: float) -> None:
-    """Writes the access log line of ``request``, answered with ``status``."""
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    state = request.state
-    client = request.scope.get("client")
-    write_line(
-        request_id=getattr(state, "request_id", None),
-        method=request.method,
-        operation=getattr(state, "operation", None),
-        principal=getattr(state, "principal", None),
-        client=client[0] if client else None,
-        status=status,
-        started=started,
-        errors=getattr(state, "error_codes", []),
-    )
+class Exchange:
+    """An HTTP request as its access line tells it, noted while the request is answered."""
+
+    __slots__ = ("client", "error_codes", "method", "operation", "principal", "request_id")
+
+    def __init__(self, scope: Mapping[str, Any], request_id: str) -> None:
+        client = scope.get("client")
+        self.request_id = request_id
+        self.method: str = scope["method"]
+        self.client: str | None = client[0] if client else None
+        self.principal: Principal | None = None
+        self.operation: object = None
+        self.error_codes: list[str] = []
+
+    def log(self, status: int, started: float) -> None:
+        """Writes the access log line of the request, answered with ``status``."""
+        write_line(
+            request_id=self.request_id,
+            method=self.method,
+            operation=self.operation,
+            principal=self.principal,
+            client=self.client,
+            status=status,
+            started=started,
+            errors=self.error_codes,
+        )
 
 
 def log_connection(
@@ -88,7 +98,7 @@ def write_line(
     started: float,
     errors: list[str],
 ) -> None:
-    """Writes one access log line (``log_request``'s or ``log_connection``'s):
+    """Writes one access log line (an ``Exchange``'s or ``log_connection``'s):
 
         {"requestId": "…", "method": "POST", "operation": "Timeline", "account": "T12345678",
          "caller": "kitchen-1", "client": "203.0.113.7", "status": 200, "durationMs": 3.1,
@@ -186,12 +196,10 @@ class FlushPerTick(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, text: str) -> None:
         """What ``emit`` does for a record whose formatted message is ``text``."""
-        self.acquire()
-        try:
+        with self.lock:  # type: ignore[union-attr]  # created with the handler
             self.stream.write(text + self.terminator)
-            self.flush()
-        finally:
-            self.release()
+            if not self._pending:
+                self.flush()
 
     def flush(self) -> None:
         try:

@@ -9,6 +9,7 @@ value a plan cannot take is left to that route, which gives the ordinary answer
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from graphql import (
     DocumentNode,
     FieldNode,
     GraphQLArgument,
+    GraphQLEnumType,
     GraphQLError,
     GraphQLField,
     GraphQLInputObjectType,
@@ -70,15 +72,17 @@ Runner = Callable[..., Any]
 class Arguments:
     """How a root field's arguments are made, each by graphql-core's ``coerce_argument``:
     those written without variables (and those left out) once, when the document is compiled;
-    those with variables per request. Keyed by their Python names, as resolvers get them."""
+    those with variables per request. Keyed by their Python names, as resolvers get them,
+    each made the resolver's (``_converter``) once as well."""
 
     schema: GraphQLSchema
     node: FieldNode
     variable_definitions: tuple[VariableDefinitionNode, ...]
-    constants: dict[str, Any]
-    per_request: tuple[tuple[str, GraphQLArgument, ArgumentNode], ...]
-    # (GraphQL name, Python name, what makes its value a resolver's, if anything does)
-    names: tuple[tuple[str, str, Callable[[Any], Any] | None], ...]
+    constants: dict[str, Any]  # by Python name
+    # (GraphQL name, Python name, definition, node, what makes its value a resolver's)
+    per_request: tuple[
+        tuple[str, str, GraphQLArgument, ArgumentNode, Callable[[Any], Any] | None], ...
+    ]
 
     @classmethod
     def of(
@@ -92,21 +96,23 @@ class Arguments:
         constants: dict[str, Any] = {}
         per_request = []
         for name, definition in field.args.items():
+            python = definition.extensions[_DEFINITION].python_name
+            made_resolvers = _converter(definition.type)
             argument = given.get(name)
             if argument is not None and _has_variables(argument.value):
-                per_request.append((name, definition, argument))
-            else:
-                coerce_argument(constants, node, name, definition, argument, None, None)
+                per_request.append((name, python, definition, argument, made_resolvers))
+                continue
+            coerced: dict[str, Any] = {}
+            coerce_argument(coerced, node, name, definition, argument, None, None)
+            if name in coerced:
+                value = coerced[name]
+                constants[python] = value if made_resolvers is None else made_resolvers(value)
         return cls(
             schema=schema,
             node=node,
             variable_definitions=tuple(operation.variable_definitions or ()),
             constants=constants,
             per_request=tuple(per_request),
-            names=tuple(
-                (name, definition.extensions[_DEFINITION].python_name, _converter(definition.type))
-                for name, definition in field.args.items()
-            ),
         )
 
     def values(self, variables: Any) -> dict[str, Any] | None:
@@ -114,20 +120,23 @@ class Arguments:
         reports why)."""
         if variables is not None and not isinstance(variables, dict):
             return None
+        values = dict(self.constants)
+        if not self.per_request:
+            return values  # a document without variables: nothing is left to coerce
         coerced = get_variable_values(self.schema, self.variable_definitions, variables or {})
         if isinstance(coerced, list):
             return None
-        values = dict(self.constants)
+        made: dict[str, Any] = {}
         try:
-            for name, definition, argument in self.per_request:
-                coerce_argument(values, self.node, name, definition, argument, coerced, None)
+            for name, _, definition, argument, _ in self.per_request:
+                coerce_argument(made, self.node, name, definition, argument, coerced, None)
         except GraphQLError:
             return None
-        return {
-            python: values[name] if convert is None else convert(values[name])
-            for name, python, convert in self.names
-            if name in values
-        }
+        for name, python, _, _, made_resolvers in self.per_request:
+            if name in made:
+                value = made[name]
+                values[python] = value if made_resolvers is None else made_resolvers(value)
+        return values
 
 
 @dataclass(frozen=True)
@@ -370,6 +379,10 @@ def _completion(
     if type_.name in _AS_IS:
         return None
     serialize = type_.serialize
+    if isinstance(type_, GraphQLEnumType):
+        # An enum has a few values, each always serialized alike: remembered, not searched
+        # for in the type's values at each request.
+        serialize = functools.lru_cache(maxsize=256)(serialize)
     return lambda value: None if value is None else serialize(value)
 
 

@@ -12,24 +12,25 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_plus
 
 from cross_web import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 
-from app.api import access, documents
-from app.api.body import InvalidJSON, decode_json, limit_body
+from app.api import access, documents, frontdoor
+from app.api.body import InvalidJSON, decode_json
 from app.api.context import Context, authenticate
+from app.api.frontdoor import Reply
 from app.api.view import JSON, GraphQLView, negotiate, shape_result
-from app.encoding import encode_json, new_request_id
+from app.encoding import encode_json
 from app.errors import RateLimited, ServiceError
 from app.ratelimit import Limiter, caller_key
 
@@ -39,71 +40,66 @@ logger = logging.getLogger("app.errors")
 _REQUEST_KEYS = frozenset({"query", "variables", "operationName"})
 
 
-class Reply:
-    """A complete response, sent as two ASGI messages."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(
-        self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()
-    ) -> None:
-        self.status = status
-        self.body = body
-        self.headers = [
-            (b"content-length", str(len(body)).encode()),
-            (b"content-type", content_type.encode()),
-            *((name.encode(), value.encode()) for name, value in headers),
-        ]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body})
-
-
 class Endpoint:
+    """The ``/graphql`` endpoint. ``cors``, the application's CORS middleware, applies to
+    requests from a browser's page (those with an ``Origin`` header). Any other request skips
+    the middleware's pass over its response and gets the headers the middleware adds to such
+    a request (``Vary: Origin``), learnt from the middleware itself at the first one."""
+
     def __init__(
         self,
         view: GraphQLView,
         compiler: documents.Compiler,
         rate_limiter: Limiter | None,
+        cors: Middleware | None = None,
     ) -> None:
         self.view = view
         self.compiler = compiler
         self.rate_limiter = rate_limiter
+        self._cors = cors
+        self._cross_origin = cors.cls(self._http, *cors.args, **cors.kwargs) if cors else None
+        # What the middleware adds for a request without Origin; None until learnt.
+        self._same_origin_headers: list[tuple[bytes, bytes]] | None = None if cors else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.view(scope, receive, send)
             return
-        started = time.perf_counter()
-        settings = self.view.settings
-        request = Request(scope, limit_body(scope, receive, settings.max_body_bytes))
-        state = request.state
-        request_id = state.request_id = new_request_id()
-        state.error_codes = []
-        try:
-            reply = await self._answer(request, request_id)
-        except Exception:
-            logger.exception("unexpected error request_id=%s", request_id)
-            error = ServiceError(f"Internal server error (request id {request_id})")
-            reply = _refusal(error, 500, extensions={"requestId": request_id})
-            state.error_codes = [error.code]
-        if isinstance(reply, Reply):
-            reply.headers.append((b"x-request-id", request_id.encode()))
-            status = reply.status
-        else:
-            reply.headers["x-request-id"] = request_id
-            status = reply.status_code
-        try:
-            await reply(scope, request.receive, send)
-        finally:
-            access.log_request(request, status, started)
+        headers = _read_headers(scope)
+        if b"origin" in headers and self._cross_origin is not None:
+            await self._cross_origin(scope, receive, send)
+            return
+        added = self._same_origin_headers
+        if added is None:
+            assert self._cors is not None
+            added = self._same_origin_headers = await _added_without_origin(self._cors)
+        await self._answer_http(scope, receive, send, headers, added)
 
-    async def _answer(self, request: Request, request_id: str) -> Reply | Response:
-        state = request.state
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._answer_http(scope, receive, send, _read_headers(scope), ())
+
+    async def _answer_http(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: _Headers,
+        added: Iterable[tuple[bytes, bytes]],
+    ) -> None:
+        async def answer(request: Request, state: access.Exchange) -> Reply | Response:
+            return await self._answer(request, state, headers)
+
+        await frontdoor.serve(
+            scope, receive, send, answer, _internal_error, self.view.settings.max_body_bytes, added
+        )
+
+    async def _answer(
+        self, request: Request, state: access.Exchange, headers: _Headers
+    ) -> Reply | Response:
+        """The reply to ``request``; what its access line says is noted in ``state``."""
         view = self.view
+        request_id = state.request_id
         context = view.new_context(request, None, request_id)
-        headers = _read_headers(request.scope)
         header = headers.get(b"authorization")
         if header is not None:
             await authenticate(context, header, view.validator)
@@ -129,29 +125,29 @@ class Endpoint:
         # introspection: such requests go straight on, and never compile a document.
         if operation is not None and context.principal is not None:
             query, variables, operation_name = operation
-            plan = self.compiler.plan(query, operation_name, request.method)
+            plan = self.compiler.plan(query, operation_name, state.method)
             if plan is not None:
                 state.operation = plan.name
                 result = await documents.execute(plan, context, variables)
                 if result is not None:
-                    return self._reply(request, result, request_id, headers)
-        return await self._view(request, context)
+                    return self._reply(state, result, headers)
+        return await self._view(request, context, state)
 
-    def _reply(
-        self, request: Request, result: ExecutionResult, request_id: str, headers: _Headers
-    ) -> Reply:
-        state = request.state
-        media_type = negotiate(headers.get(b"accept", ""))
-        shaped = shape_result(result, media_type, request_id)
+    def _reply(self, state: access.Exchange, result: ExecutionResult, headers: _Headers) -> Reply:
+        media_type, content_type = _media_type(headers.get(b"accept", ""))
+        shaped = shape_result(result, media_type, state.request_id)
         state.error_codes = shaped.codes
         body = encode_json(shaped.body)
-        content_type = f"{media_type}; charset=utf-8"
         return Reply(shaped.status or 200, body, content_type, shaped.headers)
 
-    async def _view(self, request: Request, context: Context) -> Reply | Response:
-        state = request.state
+    async def _view(
+        self, request: Request, context: Context, state: access.Exchange
+    ) -> Reply | Response:
+        # The view notes the operation's name and the errors' codes in the request's state.
+        noted = request.state
+        noted.request_id = state.request_id
         try:
-            return await self.view.run(request, context=context)
+            reply = await self.view.run(request, context=context)
         except HTTPException as error:
             state.error_codes = ["BAD_USER_INPUT"]
             if isinstance(error.__cause__, InvalidOperationTypeError):
@@ -162,11 +158,43 @@ class Endpoint:
         except MissingQueryError:
             state.error_codes = ["BAD_USER_INPUT"]
             return _request_error("No GraphQL query found in the request", 400)
+        else:
+            state.error_codes = getattr(noted, "error_codes", state.error_codes)
+            return reply
+        finally:
+            state.operation = getattr(noted, "operation", state.operation)
 
 
 _Headers = dict[bytes, str]
 # The request headers the front door reads; the first of each counts, as Starlette reads it.
-_READ = frozenset({b"authorization", b"accept", b"content-type"})
+_READ = frozenset({b"authorization", b"accept", b"content-type", b"origin"})
+
+
+@functools.lru_cache(maxsize=64)
+def _media_type(accept: str) -> tuple[str, str]:
+    """The response's media type for an ``Accept`` header (the same text request after
+    request), and its ``Content-Type``."""
+    media_type = negotiate(accept)
+    return media_type, f"{media_type}; charset=utf-8"
+
+
+async def _added_without_origin(cors: Middleware) -> list[tuple[bytes, bytes]]:
+    """The headers the ``cors`` middleware adds to a response, without headers of its own, to
+    a request without ``Origin``."""
+    sent: list[Message] = []
+
+    async def bare(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def keep(message: Message) -> None:
+        sent.append(message)
+
+    async def nothing() -> Message:
+        return {"type": "http.disconnect"}
+
+    probe = {"type": "http", "method": "GET", "path": "/", "query_string": b"", "headers": []}
+    await cors.cls(bare, *cors.args, **cors.kwargs)(probe, nothing, keep)
+    return [(bytes(name), bytes(value)) for name, value in sent[0]["headers"]]
 
 
 def _read_headers(scope: Scope) -> _Headers:
@@ -246,6 +274,11 @@ def _refusal(
     members = {"code": error.code, **error.extensions, **(extensions or {})}
     body = {"errors": [{"message": error.message, "extensions": members}]}
     return Reply(status, encode_json(body), JSON, headers)
+
+
+def _internal_error(request_id: str) -> Reply:
+    error = ServiceError(f"Internal server error (request id {request_id})")
+    return _refusal(error, 500, extensions={"requestId": request_id})
 
 
 def _request_error(message: str, status: int, headers: Iterable[tuple[str, str]] = ()) -> Reply:

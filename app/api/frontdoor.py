@@ -1,54 +1,82 @@
-"""The front door's pieces for an HTTP route beside ``/graphql`` (Get Token, ``app.oauth``):
-a request id, the body's size limit, an unexpected error turned into a 500 naming the request
-id, the ``x-request-id`` header and the access log line, as ``app.api.endpoint`` gives
-``/graphql``. The route says how its answers and its 500 look.
+"""The front door's frame around every HTTP route's answer (``/graphql``, Get Token): a
+request id, the body's size limit, an unexpected error turned into a 500 naming the request
+id, the ``x-request-id`` header and the access log line. The route gives the answer, and how
+its 500 looks; what the access line says of the caller and the errors it notes on the
+request's ``access.Exchange``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.api import access
 from app.api.body import limit_body
-from app.api.endpoint import Reply
 from app.encoding import new_request_id
 
-# The logger ``app.api.endpoint`` writes unexpected errors to.
 logger = logging.getLogger("app.errors")
 
-Answer = Callable[[Request], Awaitable[Reply]]
+
+class Reply:
+    """A complete response, sent as two ASGI messages."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(
+        self, status: int, body: bytes, content_type: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", content_type.encode()),
+            *((name.encode(), value.encode()) for name, value in headers),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+Answer = Callable[[Request, access.Exchange], Awaitable[Reply | Response]]
 
 
 async def serve(
     scope: Scope,
     receive: Receive,
     send: Send,
-    *,
     answer: Answer,
     internal_error: Callable[[str], Reply],
     max_body_bytes: int,
+    added: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
-    """Answers one HTTP request with ``answer``; ``internal_error(request_id)`` is the reply
-    when it raises. ``request.state.error_codes`` (the log's ``errors``) and
-    ``request.state.principal`` (its ``account`` and ``caller``) are the route's to set."""
+    """Answers one HTTP request with ``answer``, adding ``added`` to its headers;
+    ``internal_error(request_id)`` is the reply when it raises."""
     started = time.perf_counter()
     request = Request(scope, limit_body(scope, receive, max_body_bytes))
-    state = request.state
-    request_id = state.request_id = new_request_id()
-    state.error_codes = []
+    request_id = new_request_id()
+    exchange = access.Exchange(scope, request_id)
     try:
-        reply = await answer(request)
+        reply = await answer(request, exchange)
     except Exception:
         logger.exception("unexpected error request_id=%s", request_id)
         reply = internal_error(request_id)
-        state.error_codes = ["INTERNAL_SERVER_ERROR"]
-    reply.headers.append((b"x-request-id", request_id.encode()))
+        exchange.error_codes = ["INTERNAL_SERVER_ERROR"]
+    if isinstance(reply, Reply):
+        reply.headers.append((b"x-request-id", request_id.encode()))
+        reply.headers.extend(added)
+        status = reply.status
+    else:
+        reply.headers["x-request-id"] = request_id
+        # Appended, not merged: a header listed twice is one list (RFC 9110, 5.3).
+        reply.raw_headers.extend(added)
+        status = reply.status_code
     try:
         await reply(scope, request.receive, send)
     finally:
-        access.log_request(request, reply.status, started)
+        exchange.log(status, started)

@@ -68,8 +68,13 @@ class OrderEventInput:
     def to_new_event(self) -> NewEvent:
         """The event this input posts: its same-named fields, a null one taking NewEvent's
         default (so a null ``state`` is SUCCESS)."""
-        given = ((name, getattr(self, name)) for name in NEW_EVENT_FIELDS)
-        return NewEvent(**{name: value for name, value in given if value is not None})
+        return NewEvent(
+            **{
+                name: value
+                for name in NEW_EVENT_FIELDS
+                if (value := getattr(self, name)) is not None
+            }
+        )
 
 
 @strawberry.type(description="A link related to a resource.")
