@@ -72,6 +72,41 @@ async def test_a_get_that_is_not_a_browser_opening_the_page_gets_a_graphql_answe
     assert error_code(response.json()) == "BAD_USER_INPUT"
 
 
+# A token presented and refused.
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        ("Bearer not-a-jwt", "invalid access token: "),
+        ("Basic a2l0Y2hlbjpzZWNyZXQ=", "the Authorization header must be 'Bearer <access token>'"),
+    ],
+)
+async def test_a_refused_token_is_401_even_on_what_runs_without_one(
+    client: Any, method: str, authorization: str, reason: str
+) -> None:
+    headers = {"authorization": authorization}
+    if method == "GET":
+        response = await client.http.get(
+            "/graphql", params={"query": INTROSPECTION}, headers=headers
+        )
+    else:
+        response = await client.post(INTROSPECTION, token=None, headers=headers)
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert error_code(response.json()) == "UNAUTHENTICATED"
+    assert response.json()["errors"][0]["message"].startswith(reason)
+
+
+async def test_introspection_without_a_token_runs(client: Any) -> None:
+    response = await client.http.get("/graphql", params={"query": INTROSPECTION})
+
+    assert response.status_code == 200
+    assert "errors" not in response.json()
+
+
 # Media types and status codes.
 
 

@@ -347,12 +347,16 @@ async def test_a_document_without_a_token_has_a_smaller_token_limit(
     assert succeeded(await client.execute(typenames(11)))
 
 
-async def test_an_invalid_token_has_the_smaller_token_limit_too(client_with: ClientWith) -> None:
+async def test_an_invalid_token_is_refused_before_its_document_is_read(
+    client_with: ClientWith,
+) -> None:
     client = client_with(max_anonymous_query_tokens=12)
 
     body = await client.execute(typenames(11), token="not-a-token")
 
-    assert "more than 12 tokens" in message(body)
+    # Not even the anonymous allowance: a refused token is a 401 whatever it sends.
+    assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    assert "tokens" not in message(body)
 
 
 # Depth.

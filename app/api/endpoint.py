@@ -29,9 +29,9 @@ from app.api import access, documents, frontdoor
 from app.api.body import InvalidJSON, decode_json
 from app.api.context import Context, authenticate
 from app.api.frontdoor import Reply
-from app.api.view import JSON, GraphQLView, negotiate, shape_result
+from app.api.view import INVALID_TOKEN, JSON, GraphQLView, negotiate, shape_result
 from app.encoding import encode_json
-from app.errors import RateLimited, ServiceError
+from app.errors import RateLimited, ServiceError, Unauthenticated
 from app.ratelimit import Limiter, caller_key
 
 logger = logging.getLogger("app.errors")
@@ -116,6 +116,12 @@ class Endpoint:
                 state.error_codes = [error.code]
                 wait = str(max(1, math.ceil(error.retry_after)))
                 return _refusal(error, 429, headers=[("retry-after", wait)])
+        if context.auth_error is not None:
+            # A token presented and refused is a 401 whatever the operation, even one that
+            # runs without a token (introspection): the client must learn its token is bad.
+            refused = Unauthenticated(context.auth_error)
+            state.error_codes = [refused.code]
+            return _refusal(refused, 401, headers=INVALID_TOKEN)
         try:
             operation = await _operation(request, headers)
         except HTTPException as error:

@@ -237,6 +237,10 @@ def negotiate(accept: str) -> str:
     return JSON
 
 
+# What a 401 says the caller should do (RFC 6750, 3).
+INVALID_TOKEN = (("www-authenticate", 'Bearer error="invalid_token"'),)
+
+
 @dataclass(frozen=True)
 class Shaped:
     """An execution result as the HTTP response carries it."""
@@ -269,7 +273,7 @@ def shape_result(result: ExecutionResult, media_type: str, request_id: str) -> S
     headers: tuple[tuple[str, str], ...] = ()
     if "UNAUTHENTICATED" in codes:
         status = 401
-        headers = (("www-authenticate", 'Bearer error="invalid_token"'),)
+        headers = INVALID_TOKEN
     elif failed_before_execution and media_type == GRAPHQL_RESPONSE:
         status = 400
     if failed_before_execution:
