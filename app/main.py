@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
-from app import health, idempotency, oauth, rest
+from app import health, idempotency, oauth, openapi, rest
 from app.api import access
 from app.api.documents import Compiler
 from app.api.endpoint import Endpoint, GraphQLRoute
@@ -58,6 +58,7 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes(settings.readiness_timeout_seconds),
         # Dintero's REST shape of the same operations, through the same front door.
         Route(rest.PATH, rest.EventsEndpoint(graphql, rate_limiter), methods=None),
+        Route(openapi.PATH, openapi.route(settings)),
     ]
     token_endpoint = None
     if issuer is not None:

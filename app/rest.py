@@ -52,6 +52,8 @@ logger = logging.getLogger("app.errors")
 
 PATH: Final = EVENTS_PATH
 JSON: Final = "application/json"
+# An event id's length at most (the event_id column's; ids made here are UUIDs, 36).
+EVENT_ID_MAX: Final = 40
 METHODS: Final = ("GET", "POST")
 
 # The event's fields a REST answer leaves out: where it belongs (the path says it) and its
@@ -258,7 +260,7 @@ async def _cursor_of(account_id: str, order_id: str, event_id: str) -> str:
     """``starting_after`` names the last event seen, by its id (Dintero's convention); the
     service reads on from that event's cursor."""
     row = None
-    if len(event_id) <= 40 and event_id.isprintable():
+    if len(event_id) <= EVENT_ID_MAX and event_id.isprintable():
         row = await OrderEvent.filter(
             account_id=account_id, order_id=order_id, event_id=event_id
         ).first()
