@@ -19,13 +19,14 @@ import re
 import typing
 from dataclasses import MISSING, fields
 from http import HTTPStatus
+from types import SimpleNamespace
 from typing import Any, Final
 
 from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from app import events
+from app import events, validation
 from app.api import frontdoor, operations
 from app.api.body import InvalidJSON, decode_json
 from app.api.endpoint import Reply
@@ -47,6 +48,7 @@ from app.models import OrderEvent
 from app.ratelimit import Limiter
 from app.records import EVENTS_PATH, FIELD_NAMES, EventState, NewEvent, StoredEvent, links
 from app.records import decode_cursor as _decode_cursor
+from app.validation import EVENT_RULES
 
 logger = logging.getLogger("app.errors")
 
@@ -67,6 +69,8 @@ REQUIRED_MEMBERS: Final = tuple(
     field.name for field in fields(NewEvent) if field.default is MISSING
 )
 STATES: Final = tuple(state.value for state in EventState)
+# Refusals name members in this order; members an event has not come last.
+_MEMBER_ORDER: Final = {name: index for index, name in enumerate(_NEW_EVENT_TYPES)}
 
 # The GraphQL arguments that REST names otherwise, by their GraphQL names (the names a
 # ``FieldError`` gives); the event's fields are its members in snake case (``_rest_field``).
@@ -213,6 +217,14 @@ async def _event_input(request: Request) -> OrderEventInput:
         else:
             given[name] = EventState(value) if hint is EventState else value
     if errors:
+        # The members of the right type are judged by their rules too, so that one answer
+        # names every bad member (the service would judge them only once all are typed).
+        validation.check_event(
+            SimpleNamespace(**(dict.fromkeys(EVENT_RULES) | given)), "event", errors
+        )
+        errors.sort(
+            key=lambda error: _MEMBER_ORDER.get(rest_field(error.field), len(_MEMBER_ORDER))
+        )
         raise BadUserInput(errors)
     return OrderEventInput(**given)
 

@@ -166,6 +166,14 @@ async def test_400_names_members_of_the_wrong_type_missing_or_unknown(
     assert await stored_rows() == (0, 0)
 
 
+async def test_400_names_bad_values_beside_bad_types(client: GraphQLClient) -> None:
+    body = {"service": "", "service_status": 5, "state": "done", "description": "\x00"}
+    response = await post(client, body)
+
+    assert fields_of(response) == ["service", "service_status", "state", "description"]
+    assert await stored_rows() == (0, 0)
+
+
 @pytest.mark.parametrize("body", [b"{", b'{"service": "a", "service": "b"}', b"[]", b"NaN"])
 async def test_a_body_that_is_no_strict_json_object_is_400(
     client: GraphQLClient, body: bytes
