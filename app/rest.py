@@ -153,7 +153,8 @@ class EventsEndpoint:
         version = await _order_version(account_id, order_id, stored, page.has_next_page, after)
         headers = [("etag", etag(version))]
         if page.has_next_page and stored:
-            next_page = f"{request.url.path}?limit={limit}&starting_after={stored[-1].id}"
+            (link,) = links(account_id, order_id, public_url)
+            next_page = f"{link.href}?limit={limit}&starting_after={stored[-1].id}"
             headers.append(("link", f'<{next_page}>; rel="next"'))
         body = {
             "events": [event_body(event, public_url) for event in stored],

@@ -103,14 +103,17 @@ async def test_get_of_an_order_without_events_is_empty_pending_at_version_0(
     assert response.headers["etag"] == '"0"'
 
 
-async def test_get_pages_by_limit_and_starting_after_an_event_id(client: GraphQLClient) -> None:
+async def test_get_pages_by_limit_and_starting_after_an_event_id(
+    client: GraphQLClient, settings: Settings
+) -> None:
     ids = [(await post(client)).json()["id"] for _ in range(3)]
 
     first = await get(client, limit=2)
     rest = await get(client, limit=2, starting_after=ids[1])
 
     assert [event["id"] for event in first.json()["events"]] == ids[:2]
-    assert first.headers["link"] == f'<{PATH}?limit=2&starting_after={ids[1]}>; rel="next"'
+    next_page = f"{settings.public_url}{PATH}?limit=2&starting_after={ids[1]}"
+    assert first.headers["link"] == f'<{next_page}>; rel="next"'
     assert [event["id"] for event in rest.json()["events"]] == ids[2:]
     assert "link" not in rest.headers
     assert first.headers["etag"] == rest.headers["etag"] == '"3"'
@@ -309,3 +312,16 @@ async def test_the_database_unavailable_is_503(
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert "retry-after" in response.headers
+
+
+async def test_the_link_of_an_order_id_with_reserved_characters_leads_back_to_it(
+    client: GraphQLClient, settings: Settings
+) -> None:
+    path = f"/v1/accounts/{ACCOUNT}/shopping/orders/table%207%3Fa%26b/events"
+    event = (await post(client, path=path)).json()
+
+    (link,) = event["_links"]
+    followed = await get(client, link["href"].removeprefix(settings.public_url))
+
+    assert link["href"] == f"{settings.public_url}{path}"
+    assert followed.json()["events"] == [event]
