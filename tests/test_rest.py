@@ -286,13 +286,17 @@ async def test_graphql_and_rest_see_the_same_events(client: GraphQLClient) -> No
     assert event["_links"] == from_graphql["links"]
 
 
+def reading_raises(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(events, "list_events", failing)
+
+
 async def test_an_unexpected_error_is_500_with_the_request_id(
     client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("secret detail")
-
-    monkeypatch.setattr(events, "list_events", broken)
+    reading_raises(monkeypatch, RuntimeError("secret detail"))
     response = await get(client)
 
     assert response.status_code == 500
@@ -300,13 +304,10 @@ async def test_an_unexpected_error_is_500_with_the_request_id(
     assert "secret" not in response.text
 
 
-async def test_the_database_unavailable_is_503(
+async def test_the_database_unavailable_is_503_with_retry_after(
     client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def unreachable(*args: Any, **kwargs: Any) -> Any:
-        raise ConnectionRefusedError("database down")
-
-    monkeypatch.setattr(events, "list_events", unreachable)
+    reading_raises(monkeypatch, ConnectionRefusedError("database down"))
     response = await get(client)
 
     assert response.status_code == 503
