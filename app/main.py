@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
-from app import health, idempotency, oauth
+from app import health, idempotency, oauth, openapi, rest
 from app.api import access
 from app.api.documents import Compiler
 from app.api.endpoint import Endpoint, GraphQLRoute
@@ -55,7 +55,12 @@ def create_app(settings: Settings) -> Starlette:
     cors = _cors(settings)
     endpoint = Endpoint(graphql, compiler, rate_limiter, cors)
 
-    routes: list[BaseRoute] = [*health.routes(settings.readiness_timeout_seconds)]
+    routes: list[BaseRoute] = [
+        *health.routes(settings.readiness_timeout_seconds),
+        # Dintero's REST shape of the same operations, through the same front door.
+        Route(rest.PATH, rest.EventsEndpoint(graphql, rate_limiter), methods=None),
+        Route(openapi.PATH, openapi.route(settings)),
+    ]
     token_endpoint = None
     if issuer is not None:
 
@@ -132,8 +137,8 @@ def _cors(settings: Settings) -> Middleware:
         CORSMiddleware,
         allow_origins=settings.allowed_origins,
         allow_methods=["GET", "POST"],
-        allow_headers=["authorization", "content-type"],
-        expose_headers=["x-request-id", "retry-after"],
+        allow_headers=["authorization", "content-type", "idempotency-key", "if-match"],
+        expose_headers=["x-request-id", "retry-after", "etag", "link"],
         allow_credentials=False,
         max_age=600,
     )

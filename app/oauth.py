@@ -29,7 +29,6 @@ import asyncio
 import contextvars
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -303,16 +302,12 @@ def _in_context(found: Client | None, call: Any) -> Any:
 
 
 async def _take(limiter: Limiter | None, key: str) -> None:
-    if limiter is None:
-        return
     try:
-        waiting = limiter.take(key)
-        if waiting is not None:
-            await waiting
+        await frontdoor.take_turn(limiter, key)
     except RateLimited as error:
-        wait = str(max(1, math.ceil(error.retry_after)))
         # RFC 6749 has no code for this; RFC 8628's slow_down says it.
-        raise OAuthError("slow_down", error.message, 429, [("retry-after", wait)]) from None
+        retry = frontdoor.retry_after(error)
+        raise OAuthError("slow_down", error.message, 429, [("retry-after", retry)]) from None
 
 
 async def _parameters(request: Request) -> dict[str, str]:

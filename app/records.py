@@ -176,11 +176,15 @@ class EventPage:
     end_cursor: str | None
 
 
+# An order's event stream in Dintero's REST shape: the route app.rest serves, and the href
+# of every event's link, so that a link always leads to what is served.
+EVENTS_PATH: Final = "/v1/accounts/{aid}/shopping/orders/{order_id}/events"
+
+
 def links(account_id: str, order_id: str, public_url: str) -> list[Link]:
-    """Where an order's event stream lives in Dintero's REST shape."""
-    order_path = quote(order_id, safe="")
-    href = f"{public_url.rstrip('/')}/v1/accounts/{account_id}/shopping/orders/{order_path}/events"
-    return [Link(href=href, rel="events")]
+    """Where an order's event stream lives (``EVENTS_PATH`` under ``public_url``)."""
+    path = EVENTS_PATH.format(aid=quote(account_id, safe=""), order_id=quote(order_id, safe=""))
+    return [Link(href=public_url.rstrip("/") + path, rel="events")]
 
 
 # Cursors -----------------------------------------------------------------------------------

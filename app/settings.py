@@ -37,8 +37,15 @@ class Settings:
     # How long /readyz waits for the database before it answers "not ready".
     readiness_timeout_seconds: float = 2.0
 
+    # Where scripts/serve listens (python -m serving), and the address clients use: the base
+    # of links' hrefs and of the development issuer and audience. Unset, PUBLIC_URL is
+    # http://HOST:PORT (loopback for a wildcard HOST), so that the links of a server on
+    # another port lead to it; behind a proxy or on another host, set it.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+
     # Tokens. Without JWKS_URL or JWKS_FILE the server is its own development issuer.
-    public_url: str = "http://127.0.0.1:8000"
     issuer: str = ""
     audience_base: str = ""
     jwks_url: str | None = None
@@ -99,6 +106,8 @@ class Settings:
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
     def __post_init__(self) -> None:
+        if not self.public_url:
+            object.__setattr__(self, "public_url", served_url(self.host, self.port))
         base = self.public_url.rstrip("/")
         if not self.issuer:
             object.__setattr__(self, "issuer", base)
@@ -119,6 +128,8 @@ class Settings:
                 yield f"{name.upper()} must be at least {minimum}{note}"
         if not 0 <= self.db_pool_min_size <= self.db_pool_max_size or self.db_pool_max_size < 1:
             yield "DB_POOL_MAX_SIZE must be at least 1, and DB_POOL_MIN_SIZE between 0 and it"
+        if not 1 <= self.port <= 65535:
+            yield "PORT must be between 1 and 65535"
         if not self.rate_limit_per_second >= 0:
             yield "RATE_LIMIT_PER_SECOND must be 0 (no limit) or more"
         if not self.token_attempts_per_second >= 0:
@@ -176,6 +187,19 @@ class Settings:
             if raw:
                 values[field.name] = _read(hints[field.name], name, raw)
         return cls(**values)
+
+
+# Hosts that mean "every interface": a client reaches such a server on loopback.
+_WILDCARD_HOSTS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
+
+
+def served_url(host: str, port: int) -> str:
+    """The URL of a server listening on ``host``:``port``, as a client on the same machine
+    writes it."""
+    host = _WILDCARD_HOSTS.get(host, host)
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 # Fields whose variable is not their name in capitals: the token's issuer and audience.

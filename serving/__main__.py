@@ -4,7 +4,6 @@ defaults (``serving.uvicorn_options``)."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 from uvicorn.main import main as uvicorn
@@ -23,9 +22,9 @@ def main(argv: list[str]) -> None:
             "--factory",
             "app.main:create_app_from_env",
             "--host",
-            os.environ.get("HOST") or "127.0.0.1",
+            settings.host,
             "--port",
-            os.environ.get("PORT") or "8000",
+            str(settings.port),
             *uvicorn_options(settings),
             *argv,
         ],

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import unquote_plus
@@ -106,16 +105,16 @@ class Endpoint:
         state.principal = context.principal
         if self.rate_limiter is not None:
             # After the token is checked, so that nobody can spend another's requests.
-            principal = context.principal
             client = request.client.host if request.client else None
             try:
-                waiting = self.rate_limiter.take(caller_key(principal, client))
+                # frontdoor.take_turn's work, inline: no coroutine of its own per request.
+                waiting = self.rate_limiter.take(caller_key(context.principal, client))
                 if waiting is not None:  # a store shared by several processes
                     await waiting
             except RateLimited as error:
                 state.error_codes = [error.code]
-                wait = str(max(1, math.ceil(error.retry_after)))
-                return _refusal(error, 429, headers=[("retry-after", wait)])
+                retry = frontdoor.retry_after(error)
+                return _refusal(error, 429, headers=[("retry-after", retry)])
         if context.auth_error is not None:
             # A token presented and refused is a 401 whatever the operation, even one that
             # runs without a token (introspection): the client must learn its token is bad.

@@ -1,15 +1,18 @@
-"""The front door's frame around every HTTP route's answer (``/graphql``, Get Token): a
-request id, the body's size limit, an unexpected error turned into a 500 naming the request
-id, the ``x-request-id`` header and the access log line. The route gives the answer, and how
-its 500 looks; what the access line says of the caller and the errors it notes on the
-request's ``access.Exchange``.
+"""The front door's pieces for every HTTP route (``/graphql``, Get Token, the REST events):
+``serve``, the frame around a route's answer (a request id, the body's size limit, an
+unexpected error turned into a 500 naming the request id, the ``x-request-id`` header and the
+access log line); ``caller``, the bearer token's caller and its turn of the rate limit
+(``take_turn``, ``retry_after``). The route gives the answer and how its 500 looks, and notes
+what the access line says of the caller and the errors on the request's ``access.Exchange``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,7 +20,13 @@ from starlette.types import Receive, Scope, Send
 
 from app.api import access
 from app.api.body import limit_body
+from app.api.context import Context, authenticate
 from app.encoding import new_request_id
+from app.errors import RateLimited
+from app.ratelimit import Limiter, caller_key
+
+if TYPE_CHECKING:
+    from app.api.view import GraphQLView
 
 logger = logging.getLogger("app.errors")
 
@@ -80,3 +89,34 @@ async def serve(
         await reply(scope, request.receive, send)
     finally:
         exchange.log(status, started)
+
+
+async def caller(
+    request: Request, exchange: access.Exchange, view: GraphQLView, rate_limiter: Limiter | None
+) -> Context:
+    """The request's context as ``/graphql`` makes it: the caller its bearer token names (or
+    why the token was refused: ``Context.require_principal`` says so when it matters), then
+    one turn of the caller's rate limit, which raises ``RateLimited`` when none is left."""
+    context = view.new_context(request, None, exchange.request_id)
+    header = request.headers.get("authorization")
+    if header is not None:
+        await authenticate(context, header, view.validator)
+    exchange.principal = context.principal
+    # After the token is checked, so that nobody can spend another's requests.
+    address = request.client.host if request.client else None
+    await take_turn(rate_limiter, caller_key(context.principal, address))
+    return context
+
+
+async def take_turn(limiter: Limiter | None, key: str) -> None:
+    """One request of ``key``'s budget; ``RateLimited`` when it is spent."""
+    if limiter is None:
+        return
+    waiting = limiter.take(key)
+    if waiting is not None:  # a store shared by several processes
+        await waiting
+
+
+def retry_after(error: RateLimited) -> str:
+    """``Retry-After``: whole seconds, at least 1."""
+    return str(max(1, math.ceil(error.retry_after)))
