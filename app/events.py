@@ -47,6 +47,15 @@ def authorize(principal: Principal, account_id: str, allowed: bool, action: str)
         raise Forbidden(f"this token's scopes do not allow {action}")
 
 
+def _authorize_read(principal: Principal, account_id: str, order_id: str) -> None:
+    authorize(
+        principal,
+        account_id,
+        principal.can_read_order(order_id),
+        f"reading events of order {order_id!r}",
+    )
+
+
 # Writing -----------------------------------------------------------------------------------
 
 
@@ -193,12 +202,7 @@ async def list_events(
             errors.extend(error.errors)
     if errors:
         raise BadUserInput(errors)
-    authorize(
-        principal,
-        account_id,
-        principal.can_read_order(order_id),
-        f"reading events of order {order_id!r}",
-    )
+    _authorize_read(principal, account_id, order_id)
 
     state, rows = await read_page(account_id, order_id, after_version, first + 1)
     # The same list for the same rows: a page read again from the page cache is then the
@@ -352,6 +356,28 @@ async def events_after(
             account_id=account_id, order_id=order_id, version__gt=after
         ).order_by("version")
     return [StoredEvent.from_row(row) for row in await query.limit(limit)]
+
+
+async def cursor_of(principal: Principal, account_id: str, order_id: str, event_id: str) -> str:
+    """The cursor of an order's event named by its id (REST's ``starting_after`` names the
+    last event seen), checked as a read of the order: input, then the caller's account and
+    scope, and only then the store, so that nobody learns which ids another account holds."""
+    errors: list[FieldError] = []
+    validation.check_account_id(account_id, "accountId", errors)
+    validation.check_order_id(order_id, "orderId", errors)
+    well_formed = 1 <= len(event_id) <= validation.EVENT_ID_MAX and event_id.isprintable()
+    if errors or not well_formed:
+        raise BadUserInput([*errors, *([] if well_formed else [_NOT_AN_EVENT])])
+    _authorize_read(principal, account_id, order_id)
+    row = await OrderEvent.filter(
+        account_id=account_id, order_id=order_id, event_id=event_id
+    ).first()
+    if row is None:
+        raise BadUserInput([_NOT_AN_EVENT])
+    return StoredEvent.from_row(row).cursor
+
+
+_NOT_AN_EVENT = FieldError("after", "is not the id of an event of this order")
 
 
 async def latest(account_id: str, order_id: str | None) -> StoredEvent | None:

@@ -51,7 +51,7 @@ def _schema_of(name: str, hint: Any) -> dict[str, Any]:
         return {"type": "integer", "minimum": 1}
     if hint is datetime:
         return {"type": "string", "format": "date-time"}
-    limit = {"id": rest.EVENT_ID_MAX, "created_by": MAX_SUBJECT_LENGTH}.get(name)
+    limit = {"id": validation.EVENT_ID_MAX, "created_by": MAX_SUBJECT_LENGTH}.get(name)
     return {"type": "string"} | ({"maxLength": limit} if limit else {})
 
 

@@ -44,7 +44,6 @@ from app.errors import (
     ServiceError,
     Unauthenticated,
 )
-from app.models import OrderEvent
 from app.ratelimit import Limiter
 from app.records import EVENTS_PATH, FIELD_NAMES, EventState, NewEvent, StoredEvent, links
 from app.records import decode_cursor as _decode_cursor
@@ -55,7 +54,6 @@ logger = logging.getLogger("app.errors")
 PATH: Final = EVENTS_PATH
 JSON: Final = "application/json"
 # An event id's length at most (the event_id column's; ids made here are UUIDs, 36).
-EVENT_ID_MAX: Final = 40
 METHODS: Final = ("GET", "POST")
 
 # The event's fields a REST answer leaves out: where it belongs (the path says it) and its
@@ -141,7 +139,9 @@ class EventsEndpoint:
         limit, starting_after = _page_parameters(request, self.settings.max_page_size)
         after = None
         if starting_after is not None:
-            after = await _cursor_of(account_id, order_id, starting_after)
+            after = await events.cursor_of(
+                context.require_principal(), account_id, order_id, starting_after
+            )
         collection = await operations.order_events(context, account_id, order_id, limit, after)
         page = collection.page_info
         stored = [event.stored for event in collection.events]
@@ -262,21 +262,6 @@ def _page_parameters(request: Request, max_page_size: int) -> tuple[int, str | N
             raise BadUserInput([FieldError("limit", "must be a whole number")])
         limit = int(raw)
     return limit, params.get("starting_after")
-
-
-async def _cursor_of(account_id: str, order_id: str, event_id: str) -> str:
-    """``starting_after`` names the last event seen, by its id (Dintero's convention); the
-    service reads on from that event's cursor."""
-    row = None
-    if len(event_id) <= EVENT_ID_MAX and event_id.isprintable():
-        row = await OrderEvent.filter(
-            account_id=account_id, order_id=order_id, event_id=event_id
-        ).first()
-    if row is None:
-        raise BadUserInput(
-            [FieldError("starting_after", "is not the id of an event of this order")]
-        )
-    return StoredEvent.from_row(row).cursor
 
 
 async def _order_version(

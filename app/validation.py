@@ -22,6 +22,8 @@ ORDER_ID_MAX = 128
 NAME_MAX = 255
 DESCRIPTION_MAX = 1000
 IDEMPOTENCY_KEY_MAX = 255
+# An event id (app.encoding.new_event_id), as the table's column holds it.
+EVENT_ID_MAX = 40
 METADATA_MAX_BYTES = 64 * 1024
 METADATA_MAX_DEPTH = 32
 

@@ -229,6 +229,20 @@ async def test_reading_scope_cannot_write_and_other_accounts_are_forbidden(
     assert await stored_rows() == (0, 0)
 
 
+async def test_another_account_learns_nothing_of_event_ids_from_starting_after(
+    client: GraphQLClient, mint: Mint
+) -> None:
+    existing = (await post(client)).json()["id"]
+    foreign = mint(account=OTHER_ACCOUNT)
+
+    known = await get(client, token=foreign, starting_after=existing)
+    unknown = await get(client, token=foreign, starting_after="no-such-event")
+
+    # The same refusal whether the id is there or not: the account is checked first.
+    assert known.status_code == unknown.status_code == 403
+    assert known.json() == unknown.json()
+
+
 async def test_over_the_rate_limit_is_429_with_retry_after(client_with: ClientWith) -> None:
     client = client_with(rate_limit_per_second=0.001, rate_limit_burst=1)
     await get(client)
