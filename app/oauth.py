@@ -20,7 +20,8 @@ where the slow secret check (``app.clients.verify_secret``) does not hold up the
 
 Before Authlib runs: the caller's request budget (the limiter ``/graphql`` uses), then
 client authentication attempts per client id and per address (``TOKEN_ATTEMPTS_PER_SECOND``,
-``TOKEN_ATTEMPT_BURST``): over either, 429 with ``Retry-After``.
+``TOKEN_ATTEMPT_BURST``): over either, 429 with ``Retry-After``. An attempt whose client
+authenticated gives its turns back, so that only failures spend those two budgets.
 """
 
 from __future__ import annotations
@@ -265,6 +266,10 @@ class TokenEndpoint:
             _in_context(found, self._server.create_token_response),
             _Request(self._uri(request), headers, data),
         )
+        if client_id is not None and body.get("error") != "invalid_client":
+            # The client authenticated: only failed authentications spend the budget.
+            await _give_back(self.attempts, f"!client {client_id}")
+            await _give_back(self.attempts, f"!address {address or ''}")
         if status == 200 and found is not None:
             exchange.principal = Principal(
                 subject=found.client_id,
@@ -308,6 +313,13 @@ async def _take(limiter: Limiter | None, key: str) -> None:
         # RFC 6749 has no code for this; RFC 8628's slow_down says it.
         retry = frontdoor.retry_after(error)
         raise OAuthError("slow_down", error.message, 429, [("retry-after", retry)]) from None
+
+
+async def _give_back(limiter: Limiter | None, key: str) -> None:
+    if limiter is not None:
+        waiting = limiter.give_back(key)
+        if waiting is not None:
+            await waiting
 
 
 async def _parameters(request: Request) -> dict[str, str]:

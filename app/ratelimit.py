@@ -66,6 +66,11 @@ class Limiter(Protocol):
         this returns None, or when the awaitable it returns is awaited (a shared store). The
         callers know which at start-up; memory buckets cost no await."""
 
+    def give_back(self, caller: str) -> Awaitable[None] | None:
+        """Returns the request ``take`` let through, up to the burst: for a budget of failures
+        that must be taken before the outcome is known (Get Token's client authentications)
+        and given back when it was no failure. Awaited like ``take``."""
+
     async def close(self) -> None:
         """Lets go of the store's connections."""
 
@@ -121,6 +126,11 @@ class RateLimiter:
         if len(self._buckets) > self.max_callers:
             self._buckets.popitem(last=False)
 
+    def give_back(self, caller: Hashable) -> None:
+        bucket = self._buckets.get(caller)
+        if bucket is not None:  # else it is full, or was dropped as full
+            self._buckets[caller] = (min(self.burst, bucket[0] + 1), bucket[1])
+
     def _drop_idle(self, now: float) -> None:
         # Least recently used first: stop at the first bucket still refilling. Each bucket
         # is dropped once, so this is constant work per request on average.
@@ -141,6 +151,9 @@ class BucketStore(Protocol):
     async def take(self, caller: str, per_second: float, burst: int) -> float:
         """Takes one request from ``caller``'s bucket, atomically whichever process asks:
         0 when it is let through, else the seconds until the next one would be."""
+
+    async def give_back(self, caller: str, burst: int) -> None:
+        """Puts one request back in ``caller``'s bucket, up to ``burst``, atomically."""
 
     async def close(self) -> None: ...
 
@@ -195,6 +208,21 @@ class SharedRateLimiter:
         if wait > 0:
             raise _refusal(self.per_second, self.burst, wait)
 
+    def give_back(self, caller: str) -> Awaitable[None]:
+        return self._give_back(caller)
+
+    async def _give_back(self, caller: str) -> None:
+        retry_at = self._retry_at
+        if retry_at is not None and self.clock() < retry_at:
+            self.local.give_back(caller)
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.store.give_back(caller, self.burst)
+        except Exception as error:  # as for take: the process's own bucket meanwhile
+            self._unusable(error)
+            self.local.give_back(caller)
+
     def _unusable(self, error: Exception) -> None:
         if self._retry_at is None:
             logger.warning(
@@ -231,6 +259,15 @@ redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000))
 return string.format('%.17g', wait)
 """
+# A request put back: only into a bucket that is there (one that expired is full).
+_REDIS_GIVE_BACK = """
+local tokens = redis.call('HGET', KEYS[1], 'tokens')
+if tokens then
+  redis.call('HSET', KEYS[1], 'tokens',
+    string.format('%.17g', math.min(tonumber(ARGV[1]), tonumber(tokens) + 1)))
+end
+return 0
+"""
 
 
 class RedisBuckets:
@@ -250,10 +287,14 @@ class RedisBuckets:
             retry=Retry(NoBackoff(), 0),
         )
         self._script = self._client.register_script(_REDIS_TAKE)
+        self._give_back = self._client.register_script(_REDIS_GIVE_BACK)
 
     async def take(self, caller: str, per_second: float, burst: int) -> float:
         wait = await self._script(keys=[self.prefix + caller], args=[repr(per_second), burst])
         return float(wait)
+
+    async def give_back(self, caller: str, burst: int) -> None:
+        await self._give_back(keys=[self.prefix + caller], args=[burst])
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -279,6 +320,9 @@ ON CONFLICT (caller) DO UPDATE SET (tokens, granted, counted_at) = (
     ) AS refill
 )
 RETURNING tokens, granted
+"""
+_POSTGRES_GIVE_BACK = """
+UPDATE rate_limit_buckets SET tokens = LEAST($2::float8, tokens + 1) WHERE caller = $1
 """
 # Buckets idle long enough to be full again are the same as none.
 _POSTGRES_PURGE = """
@@ -313,6 +357,10 @@ class PostgresBuckets:
             self._purge_at = time.monotonic() + self._purge_interval
             self._purging = asyncio.create_task(self._purge(burst / per_second))
         return 0.0 if row["granted"] else (1 - float(row["tokens"])) / per_second
+
+    async def give_back(self, caller: str, burst: int) -> None:
+        pool = self._pool if self._pool is not None else await self._open()
+        await pool.execute(_POSTGRES_GIVE_BACK, caller, burst)
 
     async def _open(self) -> Any:
         async with self._opening:

@@ -450,6 +450,20 @@ async def test_attempts_over_the_budget_of_a_client_are_429(
     assert int(right_secret.headers["retry-after"]) >= 1
 
 
+async def test_successful_authentications_spend_nothing_of_either_budget(
+    app_with: Callable[..., Callable[[str], httpx.AsyncClient]],
+) -> None:
+    # A fleet behind one address, each device asking as often as it likes.
+    http = app_with(token_attempts_per_second=0.01, token_attempt_burst=2)("192.0.2.30")
+    client, secret = await new_client()
+
+    answers = [await http.post(PATH, headers=basic(client.client_id, secret)) for _ in range(5)]
+    wrong = [await http.post(PATH, headers=basic(client.client_id, "wrong")) for _ in range(3)]
+
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert [answer.status_code for answer in wrong] == [401, 401, 429]
+
+
 async def test_attempts_over_the_budget_of_an_address_are_429(
     app_with: Callable[..., Callable[[str], httpx.AsyncClient]],
 ) -> None:

@@ -82,6 +82,20 @@ def test_refused_requests_do_not_use_up_the_bucket() -> None:
     limits.take("kitchen")
 
 
+def test_a_request_given_back_can_be_taken_again_up_to_the_burst() -> None:
+    limits, _ = limiter(per_second=0.001, burst=2)
+    limits.take("kitchen")
+    limits.take("kitchen")
+
+    limits.give_back("kitchen")
+    limits.give_back("kitchen")
+    limits.give_back("kitchen")  # past the burst: no more than it
+    limits.take("kitchen")
+    limits.take("kitchen")
+
+    refusal(limits, "kitchen")
+
+
 def test_callers_have_buckets_of_their_own() -> None:
     limits, _ = limiter(burst=1)
     limits.take("kitchen")

@@ -170,6 +170,21 @@ async def test_refused_requests_do_not_spend_the_shared_bucket(stores: StoreFact
     assert await take(limiter, caller) is None
 
 
+async def test_a_request_given_back_is_shared_and_bounded_by_the_burst(
+    stores: StoreFactory,
+) -> None:
+    first, second = shared(stores(), burst=2), shared(stores(), burst=2)
+    caller = next(_callers)
+    await take(first, caller)
+    await take(second, caller)
+
+    for _ in range(3):  # one more than was taken: still at most the burst
+        await first.give_back(caller)
+    outcomes = [await take(limiter, caller) for limiter in (second, first, second)]
+
+    assert [outcome is None for outcome in outcomes] == [True, True, False]
+
+
 async def test_callers_have_shared_buckets_of_their_own(stores: StoreFactory) -> None:
     first, second = shared(stores(), burst=1), shared(stores(), burst=1)
     await take(first, next(_callers))
