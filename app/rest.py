@@ -31,7 +31,7 @@ from app.api import access, frontdoor, operations
 from app.api.body import InvalidJSON, decode_json
 from app.api.frontdoor import Reply
 from app.api.types import OrderEventInput
-from app.api.view import GraphQLView
+from app.api.view import INVALID_TOKEN, GraphQLView
 from app.db import is_unavailable
 from app.encoding import encode_json
 from app.errors import (
@@ -328,7 +328,7 @@ def refusal(error: Exception, request_id: str) -> ErrorReply | None:
             message = "Invalid input: " + ", ".join(e["field"] for e in errors)
             return ErrorReply(status, error.code, message, errors)
         if isinstance(error, Unauthenticated):
-            headers = [("www-authenticate", 'Bearer error="invalid_token"')]
+            headers = list(INVALID_TOKEN)
         elif isinstance(error, RateLimited):
             headers = [("retry-after", frontdoor.retry_after(error))]
         elif isinstance(error, Conflict) and "currentVersion" in error.extensions:
