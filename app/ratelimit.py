@@ -34,7 +34,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -58,6 +58,9 @@ def caller_key(principal: Principal | None, address: str | None) -> str:
     if principal is not None:
         return f"{principal.account_id} {principal.subject}"
     return f"@{address or ''}"
+
+
+_T = TypeVar("_T")
 
 
 class Limiter(Protocol):
@@ -191,37 +194,42 @@ class SharedRateLimiter:
         return self._take(caller)
 
     async def _take(self, caller: str) -> None:
-        retry_at = self._retry_at
-        if retry_at is not None and self.clock() < retry_at:
-            self.local.take(caller)
-            return
-        try:
-            async with asyncio.timeout(self.timeout):
-                wait = await self.store.take(caller, self.per_second, self.burst)
-        except Exception as error:  # whatever the store's driver raises: refused, reset, late
-            self._unusable(error)
-            self.local.take(caller)
-            return
-        if retry_at is not None:
-            self._retry_at = None
-            logger.warning("rate-limit store %s answers again", self.store.name)
-        if wait > 0:
+        wait = await self._ask_store(
+            lambda: self.store.take(caller, self.per_second, self.burst),
+            lambda: self.local.take(caller),
+        )
+        if wait is not None and wait > 0:
             raise _refusal(self.per_second, self.burst, wait)
 
     def give_back(self, caller: str) -> Awaitable[None]:
         return self._give_back(caller)
 
     async def _give_back(self, caller: str) -> None:
+        await self._ask_store(
+            lambda: self.store.give_back(caller, self.burst),
+            lambda: self.local.give_back(caller),
+        )
+
+    async def _ask_store(
+        self, ask: Callable[[], Awaitable[_T]], locally: Callable[[], None]
+    ) -> _T | None:
+        """What the store answers ``ask``, or None when this process's own buckets stood in
+        (``locally``): while the store is left alone, or when it fails or is late now."""
         retry_at = self._retry_at
         if retry_at is not None and self.clock() < retry_at:
-            self.local.give_back(caller)
-            return
+            locally()
+            return None
         try:
             async with asyncio.timeout(self.timeout):
-                await self.store.give_back(caller, self.burst)
-        except Exception as error:  # as for take: the process's own bucket meanwhile
+                answer = await ask()
+        except Exception as error:  # whatever the store's driver raises: refused, reset, late
             self._unusable(error)
-            self.local.give_back(caller)
+            locally()
+            return None
+        if retry_at is not None:
+            self._retry_at = None
+            logger.warning("rate-limit store %s answers again", self.store.name)
+        return answer
 
     def _unusable(self, error: Exception) -> None:
         if self._retry_at is None:
