@@ -20,12 +20,13 @@ bounds each of these with a setting (``app.settings.Settings``, "Connections"):
 Idle keep-alive is uvicorn's own ``--timeout-keep-alive`` (``KEEP_ALIVE_TIMEOUT_SECONDS``,
 which ``python -m serving`` passes). The timers are the loop's shared ``app.timers``
 deadlines, armed only while a request is incomplete between two reads: a request that
-arrives in one read, as nearly all do, arms none.
+arrives in one read, as nearly all do, arms none and is checked once its head is parsed.
 """
 
 from __future__ import annotations
 
 import logging
+from itertools import chain
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -42,10 +43,10 @@ _REASONS = {
 }
 
 # Where a connection is in its current request.
-_IDLE = 0  # between requests, or before the first: nothing of a request has arrived
+_IDLE = 0  # between requests, or before the first: nothing of the next one has been parsed
 _HEAD = 1  # part of the request line and headers has arrived
 _BODY = 2  # the headers are in, the body is not complete
-_DONE = 3  # the request is in (or the connection was handed to the WebSocket protocol)
+_DONE = 3  # refused, or handed to the WebSocket protocol
 
 _settings: Settings | None = None
 
@@ -88,10 +89,8 @@ class HttpProtocol(HttpToolsProtocol):
         self.max_connections = limits.max_connections
         self.phase = _IDLE
         # Bytes read since the current request's first byte, while its headers are incomplete
-        # (a head that never ends), and the request line's and headers' bytes parsed (a head
-        # read whole with its body).
+        # (a head that never ends, or one read whole with its body).
         self.head_bytes = 0
-        self.field_bytes = 0
         self.deadline: Deadline | None = None
         self.refused: bytes | None = None
 
@@ -116,42 +115,40 @@ class HttpProtocol(HttpToolsProtocol):
         if self.phase <= _HEAD:
             self.head_bytes += len(data)
         super().data_received(data)
-        if self.transport.is_closing():
-            return
-        if self.phase == _HEAD and self.head_bytes > self.max_header_bytes:
-            self.refuse(431, self.head_too_large())
-        elif self.phase == _BODY and self.deadline is None:
+        # Nearly every request arrives whole in one read and leaves the phase at _IDLE: the
+        # limits below are for one still incomplete after a read.
+        phase = self.phase
+        if phase == _HEAD:
+            if self.transport.is_closing():
+                return
+            if self.head_bytes > self.max_header_bytes:
+                self.refuse(431, self.head_too_large())
+            elif len(self.headers) > self.max_header_count:
+                self.refuse(431, self.too_many_fields())
+            elif self.deadline is None:
+                self.arm(self.header_timeout)
+        elif phase == _BODY and self.deadline is None and not self.transport.is_closing():
             self.arm(self.body_timeout)
 
     # Parser callbacks.
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self.phase == _DONE:
-            # The next request on this connection, read with the end of the last one.
-            self.head_bytes = 0
-        self.field_bytes = 0
         self.phase = _HEAD
-        if self.deadline is None:
-            self.arm(self.header_timeout)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # A name, a value, ": " and CRLF.
-        self.field_bytes += len(name) + len(value) + 4
-        if len(self.headers) >= self.max_header_count:
-            self.refused = refusal(
-                431, f"a request may have at most {self.max_header_count} header fields"
-            )
-            raise _Refused()
-        if self.field_bytes > self.max_header_bytes:
-            self.refused = refusal(431, self.head_too_large())
-            raise _Refused()
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        if self.field_bytes + len(self.url) > self.max_header_bytes:
+        # Checked once the head is parsed (a read holds at most the loop's buffer of it; a
+        # head still incomplete after a read is checked in ``data_received``).
+        headers = self.headers
+        if len(headers) > self.max_header_count:
+            self.refused = refusal(431, self.too_many_fields())
+            raise _Refused()
+        # The request target and the fields, each with ": " and CRLF.
+        size = len(self.url) + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
+        if size > self.max_header_bytes:
             self.refused = refusal(431, self.head_too_large())
             raise _Refused()
-        self.disarm()
+        if self.deadline is not None:
+            self.disarm()
         self.phase = _BODY
         self.head_bytes = 0
         super().on_headers_complete()
@@ -159,18 +156,16 @@ class HttpProtocol(HttpToolsProtocol):
     def head_too_large(self) -> str:
         return f"the request line and headers are over {self.max_header_bytes} bytes"
 
-    def on_message_complete(self) -> None:
-        self.disarm()
-        self.phase = _DONE
-        super().on_message_complete()
+    def too_many_fields(self) -> str:
+        return f"a request may have at most {self.max_header_count} header fields"
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.phase == _DONE and not self.transport.is_closing():
-            # Waiting for the next request: uvicorn's keep-alive timer runs until its first
-            # byte, the header timer from then.
-            self.phase = _IDLE
-            self.head_bytes = 0
+    def on_message_complete(self) -> None:
+        if self.deadline is not None:
+            self.disarm()
+        # Whatever arrives next is the next request's: uvicorn's keep-alive timer runs until
+        # its first byte, the header timer from then.
+        self.phase = _IDLE
+        super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
         # The connection is the WebSocket protocol's from here, with its own timers.

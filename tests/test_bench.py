@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from bench.protocol import measure
 from bench.wsclient import (
     CLOSE,
     CONTINUATION,
@@ -26,6 +28,7 @@ from bench.wsclient import (
     Sink,
     Subscriber,
 )
+from serving.http import HttpProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -272,3 +275,10 @@ def test_the_in_process_measure_runs_the_bench_documents(kind: str) -> None:
 
     assert run.returncode == 0, run.stderr
     assert f"{kind}: " in run.stdout and "µs of CPU per request (5 requests)" in run.stdout
+
+
+@pytest.mark.parametrize("protocol", ["ours", "stock"])
+async def test_the_protocol_bench_answers_every_request(protocol: str) -> None:
+    chosen = HttpProtocol if protocol == "ours" else HttpToolsProtocol
+    # measure() stops with SystemExit when the protocol refuses the request.
+    assert await measure(chosen, 50) > 0
