@@ -64,6 +64,22 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request the protocol refuses."""
 
 
+class _RefusalLines(logging.Filter):
+    """Drops the "Invalid HTTP request received." uvicorn logs when a parser callback raises
+    ``_Refused``: the request was not malformed, it was refused (and answered 431, not 400)."""
+
+    refusing = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.refusing and record.msg == "Invalid HTTP request received.":
+            self.refusing = False
+            return False
+        return True
+
+
+_REFUSAL_LINES = _RefusalLines()
+
+
 def refusal(status: int, message: str) -> bytes:
     """A complete plain-text response that closes the connection."""
     body = message.encode()
@@ -81,6 +97,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger.addFilter(_REFUSAL_LINES)  # once: addFilter skips a filter already there
         limits = _limits()
         self.header_timeout = limits.header_timeout_seconds
         self.body_timeout = limits.body_timeout_seconds
@@ -140,18 +157,23 @@ class HttpProtocol(HttpToolsProtocol):
         # head still incomplete after a read is checked in ``data_received``).
         headers = self.headers
         if len(headers) > self.max_header_count:
-            self.refused = refusal(431, self.too_many_fields())
-            raise _Refused()
+            self.stop_parsing(431, self.too_many_fields())
         # The request target and the fields, each with ": " and CRLF.
         size = len(self.url) + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers)
         if size > self.max_header_bytes:
-            self.refused = refusal(431, self.head_too_large())
-            raise _Refused()
+            self.stop_parsing(431, self.head_too_large())
         if self.deadline is not None:
             self.disarm()
         self.phase = _BODY
         self.head_bytes = 0
         super().on_headers_complete()
+
+    def stop_parsing(self, status: int, message: str) -> None:
+        """Refuses the request from a parser callback: uvicorn's parser error handling then
+        calls ``send_400_response``, which sends this refusal instead."""
+        self.refused = refusal(status, message)
+        _REFUSAL_LINES.refusing = True
+        raise _Refused()
 
     def head_too_large(self) -> str:
         return f"the request line and headers are over {self.max_header_bytes} bytes"
@@ -174,6 +196,7 @@ class HttpProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
 
     def send_400_response(self, msg: str) -> None:
+        _REFUSAL_LINES.refusing = False
         if self.refused is None:
             super().send_400_response(msg)
             return

@@ -240,6 +240,25 @@ async def test_a_pipelined_request_over_the_header_limit_gets_431(
     assert f"over {MAX_HEADER_BYTES} bytes".encode() in answer
 
 
+async def test_a_refused_head_is_not_logged_as_an_invalid_request(
+    server: Server, opened: list[Client]
+) -> None:
+    def invalid_lines() -> int:
+        return server.output().count("Invalid HTTP request received.")
+
+    before = invalid_lines()
+    fields = b"".join(b"x-%d: 1\r\n" % index for index in range(MAX_HEADER_COUNT + 1))
+    refused = await open_client(server, opened)
+    await refused.send(b"GET /healthz HTTP/1.1\r\n" + fields + b"\r\n")
+    assert status(await refused.until_closed()) == 431
+    malformed = await open_client(server, opened)
+    await malformed.send(b"NOT HTTP AT ALL\r\n\r\n")
+    assert status(await malformed.until_closed()) == 400
+
+    # The malformed request's line only (uvicorn writes it before it answers).
+    assert invalid_lines() == before + 1
+
+
 async def test_a_request_line_over_the_size_limit_gets_431(
     server: Server, opened: list[Client]
 ) -> None:
