@@ -178,6 +178,26 @@ async def test_a_hash_hit_takes_the_compiled_route(
     assert routes.ordinary == 0, "the compiled route should have answered both"
 
 
+async def test_apollo_4_s_client_library_extension_keeps_a_hit_on_the_compiled_route(
+    client: GraphQLClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Apollo Client 4 sends {"clientLibrary": {"name", "version"}} beside the persisted query.
+    await with_query(client, READ, {"o": ORDER})
+    routes = Routes(monkeypatch)
+    extensions = {
+        "clientLibrary": {"name": "@apollo/client", "version": "4.3.8"},
+        **persisted(READ),
+    }
+    body = {"operationName": "Read", "variables": {"o": ORDER}, "extensions": extensions}
+
+    response = await client.http.post(
+        "/graphql", json=body, headers=headers(client, APOLLO_4_ACCEPT)
+    )
+
+    assert response.json()["data"]["orderEvents"]["state"] == "PENDING"
+    assert routes.ordinary == 0, "the compiled route should have answered"
+
+
 @pytest.mark.parametrize(
     ("document", "variables"),
     [
