@@ -253,8 +253,9 @@ def _get_request(query_string: bytes) -> dict[str, Any] | None:
         return None
     for name in _JSON_PARAMETERS:
         if params.get(name):
+            read = _extensions_once if name == "extensions" else decode_json
             try:
-                params[name] = decode_json(params[name])
+                params[name] = read(params[name])
             except InvalidJSON:
                 return None  # the view says what is wrong with it
         else:
@@ -297,6 +298,7 @@ def query_parameters(query_string: bytes) -> dict[str, str] | None:
     return params
 
 
+# A GET's parameters whose text comes again and again (a document, a persisted query's hash).
 _REPEATED = frozenset({"query", "extensions"})
 # A GET's parameters that are JSON text; blank, they are left out.
 _JSON_PARAMETERS = ("variables", "extensions")
@@ -305,6 +307,13 @@ _JSON_PARAMETERS = ("variables", "extensions")
 @functools.lru_cache(maxsize=256)
 def _unquote_once(raw: str) -> str:
     return unquote_plus(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _extensions_once(raw: str) -> object:
+    """A GET's extensions read as strict JSON once per text (a persisted query's hash comes
+    again and again). Shared by the requests that send it: nothing changes it."""
+    return decode_json(raw)
 
 
 def _refusal(
