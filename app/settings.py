@@ -102,6 +102,12 @@ class Settings:
     max_header_count: int = 100
     max_connections: int = 10_000
 
+    # Persisted queries (app.api.persisted): the documents registered by hash, at most this
+    # many bytes of them per process (0: automatic persisted queries off); or a manifest of
+    # trusted documents, the only ones that then run.
+    persisted_query_cache_bytes: int = 4 * 1024 * 1024
+    trusted_documents: Path | None = None
+
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
@@ -271,4 +277,5 @@ _MINIMUMS = {
     "max_header_bytes": (1024, ""),
     "max_header_count": (10, ""),
     "max_connections": (0, " (0: no limit)"),
+    "persisted_query_cache_bytes": (0, " (0: automatic persisted queries off)"),
 }

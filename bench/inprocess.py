@@ -5,7 +5,8 @@ documents ``scripts/bench`` sends, so that what a change to the request path cos
 without the noise of a loaded machine's network stack. The access log is written to a file,
 as a served process writes it to its log. Prints process CPU time per request; ``--profile``
 adds cProfile's top functions. SQLite by default; ``--database`` takes a URL (PostgreSQL: an
-empty database, migrated here).
+empty database, migrated here). ``--persisted`` sends the read as Apollo's persisted-query
+link does over GET, by its hash alone (registered once first).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import hashlib
+import json
 import pstats
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from app.api import access
 from app.auth import LocalIssuer
@@ -32,7 +36,9 @@ from bench.http import SERVICE_READ, SERVICE_WRITE
 Call = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
-async def measure(kind: str, database_url: str, count: int, profile: bool) -> None:
+async def measure(
+    kind: str, database_url: str, count: int, profile: bool, persisted: bool = False
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="order-events-inprocess-"))
     await apply_migrations(database_url)
     settings = Settings(
@@ -50,6 +56,14 @@ async def measure(kind: str, database_url: str, count: int, profile: bool) -> No
     authorization = (b"authorization", f"Bearer {token}".encode())
     write_body = SERVICE_WRITE.replace("{order}", "order-1").encode()
     read_path, _, read_query = SERVICE_READ.replace("{order}", "order-1").partition("?")
+    register = b""
+    if persisted:
+        params = dict(parse_qsl(read_query))
+        sha256 = hashlib.sha256(params.pop("query").encode()).hexdigest()
+        extension = {"persistedQuery": {"version": 1, "sha256Hash": sha256}}
+        params["extensions"] = json.dumps(extension, separators=(",", ":"))
+        register = f"{read_query}&{urlencode({'extensions': params['extensions']})}".encode()
+        read_query = urlencode(params)
 
     async def call(method: str, body: bytes = b"", query: bytes = b"") -> list[dict[str, Any]]:
         headers = [(b"host", b"127.0.0.1"), authorization]
@@ -86,6 +100,8 @@ async def measure(kind: str, database_url: str, count: int, profile: bool) -> No
     async with app.router.lifespan_context(app):
         for _ in range(20):  # an order of 20 events for the reads
             assert (await write())[0]["status"] == 200
+        if register:
+            assert (await call("GET", query=register))[0]["status"] == 200
         answer = await request()
         # A refused request would be measured as fast: the document must be answered.
         if answer[0]["status"] != 200 or b'"errors"' in answer[1]["body"]:
@@ -116,9 +132,12 @@ def main() -> None:
     parser.add_argument("--database", help="a database URL (default: a fresh SQLite file)")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--persisted", action="store_true", help="read by hash (APQ over GET)")
     args = parser.parse_args()
+    if args.persisted and args.kind != "read":
+        parser.error("--persisted goes with read: Apollo sends mutations by POST")
     database = args.database or f"sqlite://{tempfile.mkdtemp()}/events.sqlite3"
-    asyncio.run(measure(args.kind, database, args.count, args.profile))
+    asyncio.run(measure(args.kind, database, args.count, args.profile, args.persisted))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ from strawberry.types import ExecutionResult
 from app.api import limits, operations
 from app.api.context import Context
 from app.api.errors import convert
+from app.api.persisted import PersistedQueries
 from app.memo import ByIdentity
 from app.settings import Settings
 
@@ -196,6 +197,9 @@ class Compiler:
         self._limits, limit_rule = limits.compiled(settings)
         self._rules = (*specified_rules, limit_rule)
         self._plans: OrderedDict[tuple[str, str | None], Plan | None] = OrderedDict()
+        # The documents requests name by hash: a hash found there is the very text its plan
+        # is remembered by, so that a request by hash finds its plan as its text would.
+        self.persisted = PersistedQueries.from_settings(settings)
 
     def plan(self, query: object, operation_name: object, method: str) -> Plan | None:
         """The plan for an HTTP request's query or mutation, if there is one."""

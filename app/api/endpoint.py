@@ -28,6 +28,7 @@ from app.api import access, documents, frontdoor
 from app.api.body import InvalidJSON, decode_json
 from app.api.context import Context, authenticate
 from app.api.frontdoor import Reply
+from app.api.persisted import PersistedQueries, PersistedQueryRefusal
 from app.api.view import INVALID_TOKEN, JSON, GraphQLView, negotiate, shape_result
 from app.encoding import encode_json
 from app.errors import RateLimited, ServiceError, Unauthenticated
@@ -35,8 +36,9 @@ from app.ratelimit import Limiter, caller_key
 
 logger = logging.getLogger("app.errors")
 
-# The members of a request a plan can take; any other (``extensions``) is the view's.
-_REQUEST_KEYS = frozenset({"query", "variables", "operationName"})
+# The members of a request a plan can take (of ``extensions``, it reads only the persisted
+# query; the schema reads none); any other is the view's.
+_REQUEST_KEYS = frozenset({"query", "variables", "operationName", "extensions"})
 
 
 class Endpoint:
@@ -122,10 +124,13 @@ class Endpoint:
             state.error_codes = [refused.code]
             return _refusal(refused, 401, headers=INVALID_TOKEN)
         try:
-            operation = await _operation(request, headers)
+            operation = await _operation(request, headers, self.compiler.persisted)
         except HTTPException as error:
             state.error_codes = ["BAD_USER_INPUT"]
             return _request_error(error.reason, error.status_code)
+        except PersistedQueryRefusal as error:
+            state.error_codes = [error.code]
+            return _refusal(error, error.status, error.headers)
         # Without a token only introspection may run (app.api.limits), and no plan is of
         # introspection: such requests go straight on, and never compile a document.
         if operation is not None and context.principal is not None:
@@ -163,6 +168,9 @@ class Endpoint:
         except MissingQueryError:
             state.error_codes = ["BAD_USER_INPUT"]
             return _request_error("No GraphQL query found in the request", 400)
+        except PersistedQueryRefusal as error:  # from the view's parse_http_body
+            state.error_codes = [error.code]
+            return _refusal(error, error.status, error.headers)
         else:
             state.error_codes = getattr(noted, "error_codes", state.error_codes)
             return reply
@@ -210,27 +218,54 @@ def _read_headers(scope: Scope) -> _Headers:
     return headers
 
 
-async def _operation(request: Request, headers: _Headers) -> tuple[Any, Any, Any] | None:
-    """The request's query, variables and operation name, when a plan may take them: None
-    for anything else (a batch, extensions, a parameter twice, a stream asked for). Reads a
-    POST's body within the size limit as strict JSON, and refuses what no route would take
-    (``HTTPException``)."""
+async def _operation(
+    request: Request, headers: _Headers, persisted: PersistedQueries
+) -> tuple[Any, Any, Any] | None:
+    """The request's document (its query, or the one its persisted query names), variables
+    and operation name, when a plan may take them: None for anything else (a batch, a
+    parameter twice, a stream asked for, extensions that are no object). Reads a POST's body
+    within the size limit as strict JSON, and refuses what no route would take
+    (``HTTPException``, ``PersistedQueryRefusal``)."""
     accept = headers.get(b"accept", "")
     # Streaming transports (server-sent events, multipart) are Strawberry's to negotiate.
-    streaming = "text/event-stream" in accept or "multipart/" in accept
-    if request.method == "GET":
-        params = query_parameters(request.scope["query_string"])
-        if streaming or params is None:
-            return None
-        variables = None
-        if params.get("variables"):
+    if "text/event-stream" in accept or "multipart/" in accept:
+        data: Any = None
+    elif request.method == "GET":
+        data = _get_request(request.scope["query_string"])
+    elif request.method == "POST":
+        data = await _post_request(request, headers)
+    else:
+        return None
+    if not isinstance(data, dict) or not data.keys() <= _REQUEST_KEYS:
+        return None  # a batch, or what the view reads (and refuses) as it always does
+    extensions = data.get("extensions")
+    if not isinstance(extensions, dict | None):
+        return None
+    query = persisted.document(data.get("query"), extensions)
+    return query, data.get("variables"), data.get("operationName")
+
+
+def _get_request(query_string: bytes) -> dict[str, Any] | None:
+    """A GET's request, its variables and extensions read as JSON; None when the view is to
+    read it."""
+    params: dict[str, Any] | None = query_parameters(query_string)
+    if params is None:
+        return None
+    for name in _JSON_PARAMETERS:
+        if params.get(name):
+            read = _extensions_once if name == "extensions" else decode_json
             try:
-                variables = decode_json(params["variables"])
+                params[name] = read(params[name])
             except InvalidJSON:
                 return None  # the view says what is wrong with it
-        return params.get("query", ""), variables, params.get("operationName")
-    if request.method != "POST":
-        return None
+        else:
+            params.pop(name, None)
+    return params
+
+
+async def _post_request(request: Request, headers: _Headers) -> object:
+    """A POST's body within the size limit as strict JSON, which must be an object or a
+    batch."""
     # Compared as written, as Strawberry compares it.
     media_type = headers.get(b"content-type", "").split(";")[0].strip()
     if media_type != JSON:
@@ -243,15 +278,14 @@ async def _operation(request: Request, headers: _Headers) -> tuple[Any, Any, Any
         raise HTTPException(
             400, "the request body must be a JSON object with the operation's `query`"
         )
-    if streaming or not isinstance(data, dict) or not data.keys() <= _REQUEST_KEYS:
-        return None
-    return data.get("query"), data.get("variables"), data.get("operationName")
+    return data
 
 
 def query_parameters(query_string: bytes) -> dict[str, str] | None:
     """A GET's parameters as Starlette reads them (``parse_qsl``, blank values kept), or None
-    when one is not a request's or comes twice (the view then reads them). The names and the
-    document, the same text request after request, are unquoted once each."""
+    when one is not a request's or comes twice (the view then reads them). The names, the
+    document and the extensions (a persisted query's hash), the same text request after
+    request, are unquoted once each."""
     params: dict[str, str] = {}
     for part in query_string.decode("latin-1").split("&"):
         if not part:
@@ -260,13 +294,26 @@ def query_parameters(query_string: bytes) -> dict[str, str] | None:
         name = _unquote_once(name)
         if name in params or name not in _REQUEST_KEYS:
             return None
-        params[name] = _unquote_once(value) if name == "query" else unquote_plus(value)
+        params[name] = _unquote_once(value) if name in _REPEATED else unquote_plus(value)
     return params
+
+
+# A GET's parameters whose text comes again and again (a document, a persisted query's hash).
+_REPEATED = frozenset({"query", "extensions"})
+# A GET's parameters that are JSON text; blank, they are left out.
+_JSON_PARAMETERS = ("variables", "extensions")
 
 
 @functools.lru_cache(maxsize=256)
 def _unquote_once(raw: str) -> str:
     return unquote_plus(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _extensions_once(raw: str) -> object:
+    """A GET's extensions read as strict JSON once per text (a persisted query's hash comes
+    again and again). Shared by the requests that send it: nothing changes it."""
+    return decode_json(raw)
 
 
 def _refusal(

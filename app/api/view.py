@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema import BaseSchema
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
@@ -106,6 +106,7 @@ class GraphQLView(GraphQL[Context, None]):
                 "connections": self.connections,
                 "ping_interval": settings.ws_ping_interval_seconds,
                 "compiler": self.compiler,
+                "persisted": self.compiler.persisted,
                 "payloads": Payloads(),
                 "rate_limiter": rate_limiter,
             },
@@ -116,6 +117,7 @@ class GraphQLView(GraphQL[Context, None]):
             {
                 "connections": self.connections,
                 "init_timeout": settings.ws_init_timeout_seconds,
+                "persisted": self.compiler.persisted,
                 "rate_limiter": rate_limiter,
             },
         )
@@ -177,6 +179,19 @@ class GraphQLView(GraphQL[Context, None]):
             return decode_json(data)
         except InvalidJSON as error:
             raise HTTPException(400, f"the request is not valid JSON: {error.reason}") from None
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        """Strawberry's reading, with each operation's document the one its persisted query
+        names (``PersistedQueries.document``, as on the compiled route); a refusal goes to
+        the front door, which answers it."""
+        data = await super().parse_http_body(request)
+        persisted = self.compiler.persisted
+        for operation in data if isinstance(data, list) else (data,):
+            document = persisted.document(operation.query, operation.extensions)
+            operation.query = cast("str | None", document)
+        return data
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         sub_response = await super().get_sub_response(request)

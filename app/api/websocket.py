@@ -34,8 +34,9 @@ from app import live
 from app.api import access
 from app.api.context import Context
 from app.api.documents import Compiler, Payloads, Plan
+from app.api.persisted import PersistedQueries, PersistedQueryRefusal
 from app.api.types import OrderStatusEvent
-from app.errors import RateLimited
+from app.errors import RateLimited, ServiceError
 from app.ratelimit import Limiter, caller_key
 from app.records import StoredEvent
 from app.timers import Deadline, deadlines
@@ -259,6 +260,22 @@ class _MessagesMixin(_TimersMixin):
         the server a refusal per message. (Events of its subscriptions still go out.)"""
         await asyncio.sleep(min(refusal.retry_after, _OVER_LIMIT_PAUSE))
 
+    persisted: PersistedQueries
+
+    def persisted_refusal(self, payload: object) -> PersistedQueryRefusal | None:
+        """Puts in the payload of a message starting an operation the document it runs (its
+        query, or the one its persisted query names: ``PersistedQueries.document``, as over
+        HTTP). The refusal when there is none it may run, else None."""
+        if not isinstance(payload, dict):
+            return None  # request_problem says what is wrong with it
+        try:
+            payload["query"] = self.persisted.document(
+                payload.get("query"), payload.get("extensions")
+            )
+        except PersistedQueryRefusal as refusal:
+            return refusal
+        return None
+
     def report_invalid(self, reason: str) -> None:
         """Logs a message refused as no message of the protocol: the first of the connection
         only (graphql-ws keeps the connection open, and a client could send them forever),
@@ -274,7 +291,7 @@ class _MessagesMixin(_TimersMixin):
         )
 
 
-def _rate_limit_error(refusal: RateLimited) -> dict[str, Any]:
+def _service_error(refusal: ServiceError) -> dict[str, Any]:
     return {
         "message": refusal.message,
         "extensions": {"code": refusal.code, **refusal.extensions},
@@ -374,11 +391,20 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
         if self.connection_acknowledged and message["id"] not in self.operations:
             limited = await self.over_limit()
             if limited is not None:
-                error = _rate_limit_error(limited)
+                error = _service_error(limited)
                 refused: Any = {"id": message["id"], "type": "error", "payload": [error]}
                 await self.send_message(refused)
                 await self.hold_back(limited)
                 return
+        if (
+            self.connection_acknowledged
+            and message["id"] not in self.operations
+            and (unknown := self.persisted_refusal(message.get("payload"))) is not None
+        ):
+            errors = [_service_error(unknown)]
+            answer: Any = {"id": message["id"], "type": "error", "payload": errors}
+            await self.send_message(answer)
+            return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
             await self.handle_invalid_message(problem)
@@ -590,11 +616,18 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
             if limited is not None:
                 # A start replaces the operation of its id, as in Strawberry, even one refused.
                 await self.cleanup_operation(message["id"])
-                error = _rate_limit_error(limited)
+                error = _service_error(limited)
                 refused: Any = {"type": "error", "id": message["id"], "payload": error}
                 await self.send_message(refused)
                 await self.hold_back(limited)
                 return
+        if self.connection_acknowledged and (
+            unknown := self.persisted_refusal(message.get("payload"))
+        ):
+            await self.cleanup_operation(message["id"])
+            answer: Any = {"type": "error", "id": message["id"], "payload": _service_error(unknown)}
+            await self.send_message(answer)
+            return
         # Before connection_init, Strawberry closes with 4401 whatever the payload.
         if self.connection_acknowledged and (problem := request_problem(message.get("payload"))):
             self.report_invalid(problem)
