@@ -102,6 +102,11 @@ class Settings:
     max_header_count: int = 100
     max_connections: int = 10_000
 
+    # GET /metrics (app.metrics): served, and requests counted, while on; with a token set,
+    # only to requests bearing it (not in the settings' repr: it is a secret).
+    metrics: bool = True
+    metrics_token: str = dataclasses.field(default="", repr=False)
+
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
