@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
+from time import perf_counter
 
 from prometheus_client import (
     REGISTRY,
@@ -141,25 +142,23 @@ class _Requests:
     """Counts answered requests, each with one look-up of its (already made) histogram."""
 
     def __init__(self) -> None:
-        self._children: dict[tuple[str, ...], Histogram] = {}
+        self._children: dict[tuple[str | None, ...], Histogram] = {}
 
     def answered(
         self, route: str, operation: str | None, codes: Sequence[str], started: float
     ) -> None:
-        seconds = time.perf_counter() - started
-        key = (route, operation or "none", *codes)
-        child = self._children.get(key)
+        seconds = perf_counter() - started
+        child = self._children.get((route, operation, *codes))
         if child is None:
-            child = self._child(key)
+            child = self._child(route, operation, codes)
         child.observe(seconds)
 
-    def _child(self, key: tuple[str, ...]) -> Histogram:
-        route, operation, *codes = key
-        labels = (route, operation, ",".join(codes) or "ok")
+    def _child(self, route: str, operation: str | None, codes: Sequence[str]) -> Histogram:
+        labels = (route, operation or "none", ",".join(codes) or "ok")
         if len(self._children) >= _MAX_REQUEST_SERIES:
             labels = _OTHER
         child: Histogram = REQUESTS.labels(*labels)
-        self._children[key] = child
+        self._children[(route, operation, *codes)] = child
         return child
 
 
