@@ -183,7 +183,7 @@ class Feed(Subscription):
                 return  # delivered already, from the table
             if number == progress.number + 1:
                 progress.advance(number, item)
-                metrics.delivering(item.created_at)
+                metrics.sent_at_once(item)
                 self._send_now(item)
                 return
         super().push(item)
@@ -253,7 +253,7 @@ class Feed(Subscription):
                     await self._catch_up(progress)
                     continue
                 progress.advance(number, item)
-                metrics.delivering(item.created_at)
+                metrics.sent_from_buffer(item)
                 await self._receiver.send_event(item)
         except Exception as error:
             await self._end(error)

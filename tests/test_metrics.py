@@ -310,6 +310,36 @@ async def test_a_feed_counts_while_open_and_its_live_sends_lag(
     assert opened.value(gap_fills, reason="resume") - before.value(gap_fills, reason="resume") == 1
 
 
+async def test_the_lag_is_observed_once_for_subscribers_keeping_up_and_for_each_buffered_send(
+    client: GraphQLClient, feeds: list[live.Feed]
+) -> None:
+    (seed,) = await stored(client, 1)
+    broker, inboxes = LocalBroker(), [Inbox(), Inbox()]
+    for inbox in inboxes:
+        feed = live.watch(reader(), broker, ACCOUNT, ORDER, seed.cursor, inbox, buffer_size=10)
+        feeds.append(feed)
+        feed.start()
+    await eventually(lambda: all(feed._task is None for feed in feeds), "the feeds catching up")
+    e1, e2, e3 = await stored(client, 3)
+    lag = "order_events_delivery_lag_seconds_count"
+
+    before = local()
+    broker.hub.publish(e1)
+    await eventually(lambda: all(len(i.received) == 1 for i in inboxes), "e1 being sent")
+    together = local()
+    slow = inboxes[1]
+    slow.gate.clear()
+    broker.hub.publish(e2)  # the slow one's send of it waits, and e3 waits in its buffer
+    broker.hub.publish(e3)
+    slow.gate.set()
+    await eventually(lambda: all(len(i.received) == 3 for i in inboxes), "e2 and e3 being sent")
+    after = local()
+
+    assert together.value(lag) - before.value(lag) == 1
+    # e2 and e3 as they came, once each; e3 again from the slow one's buffer.
+    assert after.value(lag) - together.value(lag) == 3
+
+
 async def test_gaps_and_resyncs_are_counted_apart(
     client: GraphQLClient, feeds: list[live.Feed]
 ) -> None:
