@@ -11,6 +11,7 @@ from __future__ import annotations
 import pkgutil
 import sqlite3
 import time
+from collections.abc import Generator
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -141,17 +142,21 @@ def _is_outage(error: BaseException) -> bool:
 
 
 class _BoundedPool:
-    """An asyncpg pool as Tortoise uses it (``await acquire()``, ``await release(...)``),
-    whose ``acquire`` waits at most ``timeout`` seconds for a free connection (then raises
-    TimeoutError); the rest is the pool's. Counts the connections handed out, and the waits
-    for one when all are (``app.metrics``)."""
+    """An asyncpg pool, whose ``acquire`` waits at most ``timeout`` seconds for a free
+    connection (then raises TimeoutError); the rest is the pool's. Counts the connections
+    handed out, and the waits for one when all are (``app.metrics``)."""
 
     def __init__(self, pool: asyncpg.Pool, timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
         self._in_use = 0
 
-    async def acquire(self) -> Any:
+    def acquire(self) -> _Acquiring:
+        """A connection, as asyncpg's ``acquire`` gives it: awaited (Tortoise, which then
+        calls ``release``), or with ``async with``."""
+        return _Acquiring(self)
+
+    async def take(self) -> Any:
         waiting = self._in_use >= self._pool.get_max_size()
         started = time.perf_counter() if waiting else 0.0
         try:
@@ -172,6 +177,27 @@ class _BoundedPool:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
+
+
+class _Acquiring:
+    """``_BoundedPool.acquire()``: awaitable, and an async context manager releasing the
+    connection at its end."""
+
+    __slots__ = ("_connection", "_pool")
+
+    def __init__(self, pool: _BoundedPool) -> None:
+        self._pool = pool
+        self._connection: Any = None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._pool.take().__await__()
+
+    async def __aenter__(self) -> Any:
+        self._connection = await self._pool.take()
+        return self._connection
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pool.release(self._connection)
 
 
 class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no types
