@@ -35,7 +35,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 import httpx
 from joserfc import jws, jwt
@@ -86,9 +86,29 @@ JWKS_TIMEOUT_SECONDS = 5.0
 logger = logging.getLogger(__name__)
 
 
+TokenFailure = Literal[
+    "malformed",
+    "header",
+    "algorithm",
+    "unknown_key",
+    "signature",
+    "expired",
+    "not_yet_valid",
+    "issuer",
+    "audience",
+    "claims",
+    "revoked",
+]
+
+
 class TokenError(Exception):
     """The token is missing, malformed, badly signed, expired, not yet valid, from another
-    issuer, for another audience... str(exc) is a short client-safe reason."""
+    issuer, for another audience... str(exc) is a short client-safe reason; ``reason`` the
+    kind of failure, one of a few words (``TokenFailure``: the metrics count by it)."""
+
+    def __init__(self, message: str, reason: TokenFailure) -> None:
+        super().__init__(message)
+        self.reason: TokenFailure = reason
 
 
 class KeySourceError(Exception):
@@ -97,7 +117,7 @@ class KeySourceError(Exception):
 
 class _UnknownKeyError(TokenError):
     def __init__(self) -> None:
-        super().__init__("token key is not known")
+        super().__init__("token key is not known", "unknown_key")
 
 
 @dataclass(frozen=True)
@@ -211,7 +231,7 @@ class TokenValidator:
         if principal is not None:
             if time.time() > principal.expires_at + self._settings.token_leeway_seconds:
                 del self._verified[token]
-                raise TokenError("token expired")
+                raise TokenError("token expired", "expired")
             self._verified.move_to_end(token)
         else:
             principal = await self._verify(token)
@@ -219,7 +239,7 @@ class TokenValidator:
             if len(self._verified) > VERIFIED_TOKENS_KEPT:
                 self._verified.popitem(last=False)
         if self._revoked is not None and self._revoked(principal.subject):
-            raise TokenError("token's client is revoked")
+            raise TokenError("token's client is revoked", "revoked")
         return principal
 
     async def _verify(self, token: str) -> Principal:
@@ -235,12 +255,14 @@ class TokenValidator:
         self._check_claims(claims)
         subject = claims["sub"]
         if len(subject) > MAX_SUBJECT_LENGTH:
-            raise TokenError(f"token subject is longer than {MAX_SUBJECT_LENGTH} characters")
+            raise TokenError(
+                f"token subject is longer than {MAX_SUBJECT_LENGTH} characters", "claims"
+            )
         try:
             # JSON integers have no bound; a time beyond a double's is no time at all.
             expires_at = float(claims["exp"])
         except OverflowError:
-            raise TokenError("token exp claim is invalid") from None
+            raise TokenError("token exp claim is invalid", "claims") from None
         return Principal(
             subject=subject,
             account_id=self._account_id(claims["aud"]),
@@ -262,7 +284,7 @@ class TokenValidator:
         try:
             return jws.extract_compact(token.encode(), registry=self._registry)
         except (JoseError, ValueError):
-            raise TokenError("token is malformed") from None
+            raise TokenError("token is malformed", "malformed") from None
 
     def _check_header(self, token: str) -> None:
         # joserfc keeps the header it parsed (last key wins), not its text: read the text
@@ -272,14 +294,15 @@ class TokenValidator:
         header = _json_object(text, "token header is")
         typ = header.get("typ")
         if not isinstance(typ, str) or typ.lower().removeprefix("application/") not in self._types:
-            raise TokenError(self._type_error)
+            raise TokenError(self._type_error, "header")
         if "crit" in header:
             crit = header["crit"]
             # RFC 7515 section 4.1.11: a non-empty list of names.
             if not isinstance(crit, list) or not crit:
-                raise TokenError("token crit header is invalid")
+                raise TokenError("token crit header is invalid", "header")
             raise TokenError(
-                "token header names critical extensions (crit) this server does not implement"
+                "token header names critical extensions (crit) this server does not implement",
+                "header",
             )
 
     def _check_signature(self, signed: jws.CompactSignature, keys: KeySet) -> None:
@@ -288,33 +311,31 @@ class TokenValidator:
         except InvalidKeyIdError:
             raise _UnknownKeyError() from None
         except UnsupportedAlgorithmError:
-            raise TokenError("token algorithm is not accepted") from None
+            raise TokenError("token algorithm is not accepted", "algorithm") from None
         except (
             InvalidKeyTypeError,
             InvalidKeyCurveError,
             UnsupportedKeyUseError,
             UnsupportedKeyAlgorithmError,
         ):
-            raise TokenError("token signature is invalid") from None
+            raise TokenError("token signature is invalid", "signature") from None
         except (JoseError, ValueError):
-            raise TokenError("token is malformed") from None
+            raise TokenError("token is malformed", "malformed") from None
         if not valid:
-            raise TokenError("token signature is invalid")
+            raise TokenError("token signature is invalid", "signature")
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         try:
             self._claims.validate(claims)
         except ExpiredTokenError:
-            raise TokenError("token expired") from None
+            raise TokenError("token expired", "expired") from None
         except MissingClaimError as exc:
-            raise TokenError(f"token lacks the {exc.claim} claim") from None
+            raise TokenError(f"token lacks the {exc.claim} claim", "claims") from None
         except InvalidClaimError as exc:
-            reason = {
-                "iss": "token issuer is not accepted",
-                "nbf": "token is not yet valid",
-                "iat": "token was issued in the future",
-            }.get(exc.claim, f"token {exc.claim} claim is invalid")
-            raise TokenError(reason) from None
+            message, reason = _CLAIM_FAILURES.get(
+                exc.claim, (f"token {exc.claim} claim is invalid", "claims")
+            )
+            raise TokenError(message, reason) from None
 
     def _account_id(self, audience: str | list[str]) -> str:
         prefix = audience_of(self._settings, "")
@@ -322,8 +343,16 @@ class TokenValidator:
         # Other audiences (another API of the issuer) are fine; two accounts of this one are not.
         ours = [value.removeprefix(prefix) for value in values if value.startswith(prefix)]
         if len(ours) != 1 or not ACCOUNT_ID_PATTERN.match(ours[0]):
-            raise TokenError("token audience does not name an account of this API")
+            raise TokenError("token audience does not name an account of this API", "audience")
         return ours[0]
+
+
+# What an invalid claim means, where it is not "the claim is invalid".
+_CLAIM_FAILURES: dict[str, tuple[str, TokenFailure]] = {
+    "iss": ("token issuer is not accepted", "issuer"),
+    "nbf": ("token is not yet valid", "not_yet_valid"),
+    "iat": ("token was issued in the future", "not_yet_valid"),
+}
 
 
 def audience_of(settings: Settings, account_id: str) -> str:
@@ -337,11 +366,11 @@ def _json_object(data: bytes, subject: str) -> dict[str, Any]:
     try:
         value = decode_json(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise TokenError(f"{subject} not UTF-8") from None
+        raise TokenError(f"{subject} not UTF-8", "malformed") from None
     except InvalidJSON as error:
-        raise TokenError(f"{subject} not strict JSON: {error.reason}") from None
+        raise TokenError(f"{subject} not strict JSON: {error.reason}", "malformed") from None
     if not isinstance(value, dict):
-        raise TokenError(f"{subject} not a JSON object")
+        raise TokenError(f"{subject} not a JSON object", "malformed")
     return value
 
 
@@ -352,7 +381,7 @@ def _scopes(claim: object) -> frozenset[str]:
         return frozenset(claim.split())
     if isinstance(claim, list) and all(isinstance(scope, str) for scope in claim):
         return frozenset(claim)
-    raise TokenError("token scope claim is invalid")
+    raise TokenError("token scope claim is invalid", "claims")
 
 
 def _import_key_set(jwks: dict[str, Any]) -> KeySet:

@@ -21,6 +21,7 @@ import asyncpg
 import orjson
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from app import metrics
 from app.models import OrderEvent
 from app.records import COLUMN_NAMES, StoredEvent
 
@@ -292,6 +293,7 @@ class PostgresBroker(Broker):
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_reconnect_delay)
+            metrics.LISTENER_RECONNECTS.inc()
             # Whatever was notified while away is lost: every subscription catches up.
             self.hub.resync_all()
 

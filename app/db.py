@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pkgutil
 import sqlite3
+import time
+from collections.abc import Generator
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from tortoise.connection import get_connections
 from tortoise.exceptions import DBConnectionError
 from tortoise.migrations.api import migrate
 
+from app import metrics
 from app.settings import Settings
 
 MODELS = ["app.models"]
@@ -139,18 +142,62 @@ def _is_outage(error: BaseException) -> bool:
 
 
 class _BoundedPool:
-    """An asyncpg pool as Tortoise uses it, whose ``acquire`` waits at most ``timeout``
-    seconds for a free connection (then raises TimeoutError); the rest is the pool's."""
+    """An asyncpg pool, whose ``acquire`` waits at most ``timeout`` seconds for a free
+    connection (then raises TimeoutError); the rest is the pool's. Counts the connections
+    handed out, and the waits for one when all are (``app.metrics``)."""
 
     def __init__(self, pool: asyncpg.Pool, timeout: float | None) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._in_use = 0
 
-    def acquire(self, *, timeout: float | None = None) -> Any:
-        return self._pool.acquire(timeout=self._timeout if timeout is None else timeout)
+    def acquire(self) -> _Acquiring:
+        """A connection, as asyncpg's ``acquire`` gives it: awaited (Tortoise, which then
+        calls ``release``), or with ``async with``."""
+        return _Acquiring(self)
+
+    async def take(self) -> Any:
+        waiting = self._in_use >= self._pool.get_max_size()
+        started = time.perf_counter() if waiting else 0.0
+        try:
+            connection = await self._pool.acquire(timeout=self._timeout)
+        finally:
+            if waiting:  # a wait that timed out counts too
+                metrics.DB_POOL_WAIT.observe(time.perf_counter() - started)
+        self._in_use += 1
+        metrics.DB_POOL_IN_USE.inc()
+        return connection
+
+    async def release(self, connection: Any) -> None:
+        try:
+            await self._pool.release(connection)
+        finally:
+            self._in_use -= 1
+            metrics.DB_POOL_IN_USE.dec()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
+
+
+class _Acquiring:
+    """``_BoundedPool.acquire()``: awaitable, and an async context manager releasing the
+    connection at its end."""
+
+    __slots__ = ("_connection", "_pool")
+
+    def __init__(self, pool: _BoundedPool) -> None:
+        self._pool = pool
+        self._connection: Any = None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._pool.take().__await__()
+
+    async def __aenter__(self) -> Any:
+        self._connection = await self._pool.take()
+        return self._connection
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._pool.release(self._connection)
 
 
 class _Connection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no types

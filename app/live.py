@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Coroutine, Generator
 from functools import partial
 from typing import Any, Protocol
 
-from app import events, validation
+from app import events, metrics, validation
 from app.auth import Principal
 from app.broker import RESYNC, Broker, Item, Subscription
 from app.errors import BadUserInput, FieldError, SlowConsumer
@@ -128,7 +128,7 @@ class Feed(Subscription):
     ``SlowConsumer`` when the buffer overflows (it fills while the receiver's ``send_event``
     waits). Call ``check`` first."""
 
-    __slots__ = ("_after", "_closed", "_loop", "_progress", "_receiver", "_task")
+    __slots__ = ("_after", "_closed", "_loop", "_progress", "_receiver", "_started", "_task")
 
     def __init__(
         self,
@@ -156,9 +156,13 @@ class Feed(Subscription):
         self._after = after
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._started = False
 
     def start(self) -> None:
         self._hub.add(self)  # first, so nothing committed from now on slips past
+        if not self._started:
+            self._started = True
+            metrics.SUBSCRIPTIONS.inc()
         if self._task is None:
             self._task = self._loop.create_task(self._run())
 
@@ -179,6 +183,7 @@ class Feed(Subscription):
                 return  # delivered already, from the table
             if number == progress.number + 1:
                 progress.advance(number, item)
+                metrics.sent_at_once(item)
                 self._send_now(item)
                 return
         super().push(item)
@@ -204,6 +209,8 @@ class Feed(Subscription):
         if self._closed:
             return
         self._closed = True
+        if self._started:
+            metrics.SUBSCRIPTIONS.dec()
         super().close()
         self._items.clear()
         task, self._task = self._task, None
@@ -219,11 +226,13 @@ class Feed(Subscription):
                 resuming = self._after is not None
                 progress = self._progress = await self._start()
                 if resuming:
+                    metrics.GAP_FILL_RESUME.inc()
                     await self._catch_up(progress)
             while True:
                 if self._closed:
                     return
                 if self.overflowed:
+                    metrics.OVERFLOWS.inc()
                     raise SlowConsumer(progress.cursor)
                 item = self.take()
                 if item is None:
@@ -231,6 +240,7 @@ class Feed(Subscription):
                     self._task = None
                     return
                 if item is RESYNC:
+                    metrics.GAP_FILL_RESYNC.inc()
                     await self._catch_up(progress)
                     continue
                 assert isinstance(item, StoredEvent)
@@ -239,9 +249,11 @@ class Feed(Subscription):
                     continue  # delivered already, from the table
                 if number > progress.number + 1:
                     # Something between was missed by the feed: the table has it, and this.
+                    metrics.GAP_FILL_GAP.inc()
                     await self._catch_up(progress)
                     continue
                 progress.advance(number, item)
+                metrics.sent_from_buffer(item)
                 await self._receiver.send_event(item)
         except Exception as error:
             await self._end(error)

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
-from app import health, idempotency, oauth, openapi, rest
+from app import health, idempotency, metrics, oauth, openapi, rest
 from app.api import access
 from app.api.documents import Compiler
 from app.api.endpoint import Endpoint, GraphQLRoute
@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> Starlette:
 
     routes: list[BaseRoute] = [
         *health.routes(settings.readiness_timeout_seconds),
+        *metrics.routes(settings),
         # Dintero's REST shape of the same operations, through the same front door.
         Route(rest.PATH, rest.EventsEndpoint(graphql, rate_limiter), methods=None),
         Route(openapi.PATH, openapi.route(settings)),
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> Starlette:
                     await rate_limiter.close()
                 if token_endpoint is not None:
                     await token_endpoint.close()
+                metrics.process_stopped()
 
     middleware = [
         # CORS applies to /graphql (the endpoint applies it) as to every route; WebSockets

@@ -25,6 +25,7 @@ from typing import Any, Final
 from cross_web import HTTPException
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
+from strawberry.utils.str_converters import to_camel_case
 
 from app import events, validation
 from app.api import access, frontdoor, operations
@@ -125,6 +126,7 @@ class EventsEndpoint:
         public_url = self.settings.public_url
         if request.method == "POST":
             exchange.operation = operations.create_order_event.__name__
+            exchange.field = to_camel_case(exchange.operation)
             event = await _event_input(request)
             created = await operations.create_order_event(
                 context,
@@ -136,6 +138,7 @@ class EventsEndpoint:
             )
             return _json(200, event_body(created.stored, public_url))
         exchange.operation = operations.order_events.__name__
+        exchange.field = to_camel_case(exchange.operation)
         limit, starting_after = _page_parameters(request, self.settings.max_page_size)
         after = None
         if starting_after is not None:

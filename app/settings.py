@@ -108,6 +108,11 @@ class Settings:
     persisted_query_cache_bytes: int = 4 * 1024 * 1024
     trusted_documents: Path | None = None
 
+    # GET /metrics (app.metrics): served, and requests counted, while on; with a token set,
+    # only to requests bearing it (not in the settings' repr: it is a secret).
+    metrics: bool = True
+    metrics_token: str = dataclasses.field(default="", repr=False)
+
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 

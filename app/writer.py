@@ -20,7 +20,7 @@ from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app import idempotency
+from app import idempotency, metrics
 from app.errors import Conflict
 from app.models import OrderEvent
 from app.records import (
@@ -75,6 +75,7 @@ class EventWriter:
         """Stores ``row`` as the next event of its order and returns it once committed."""
         if key is not None or expected_version is not None:
             stored = await self._append_checked(row, key, expected_version)
+            metrics.EVENTS_APPENDED.inc()
             if self._publisher is not None:
                 self._publisher.after_commit([stored])
             return stored
@@ -97,6 +98,8 @@ class EventWriter:
                         if not future.done():
                             future.set_exception(error)
                     continue
+                metrics.EVENTS_APPENDED.inc(len(stored))
+                metrics.BATCH_SIZE.observe(len(stored))
                 if self._publisher is not None:
                     self._publisher.after_commit(stored)
                 for (_, future), event in zip(batch, stored, strict=True):

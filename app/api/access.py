@@ -18,9 +18,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
+from graphql import FieldNode, get_operation_ast
 from starlette.requests import Request
 from strawberry.extensions import SchemaExtension
+from strawberry.types import ExecutionContext
 
+from app import metrics
 from app.auth import Principal
 
 logger = logging.getLogger("app.access")
@@ -30,19 +33,56 @@ _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,99}")
 
 
 class OperationName(SchemaExtension):
-    """Notes an HTTP request's operation name for its access log line."""
+    """Notes an HTTP request's operation name for its access log line, and the root field
+    it ran for its metrics."""
 
     def on_operation(self) -> Iterator[None]:
         yield
         request = getattr(self.execution_context.context, "request", None)
         if isinstance(request, Request):
             request.state.operation = self.execution_context.operation_name
+            request.state.field = root_field(self.execution_context)
+
+
+INTROSPECTION = "introspection"
+SEVERAL = "several"
+
+
+def root_field(execution: ExecutionContext) -> str | None:
+    """The root field a validated operation selects (its schema name, whatever alias it has):
+    ``introspection`` when it selects introspection only, ``several`` for more than one field
+    (or fragments at the root), None when no valid operation ran. A name of the schema, so
+    that a client cannot make up new ones."""
+    document = execution.graphql_document
+    if document is None or execution.pre_execution_errors:
+        return None
+    operation = get_operation_ast(document, execution.operation_name)
+    if operation is None:
+        return None
+    names = set()
+    for selection in operation.selection_set.selections:
+        if not isinstance(selection, FieldNode):
+            return SEVERAL
+        if not selection.name.value.startswith("__"):
+            names.add(selection.name.value)
+    if not names:
+        return INTROSPECTION
+    return names.pop() if len(names) == 1 else SEVERAL
 
 
 class Exchange:
     """An HTTP request as its access line tells it, noted while the request is answered."""
 
-    __slots__ = ("client", "error_codes", "method", "operation", "principal", "request_id")
+    __slots__ = (
+        "client",
+        "error_codes",
+        "field",
+        "method",
+        "operation",
+        "principal",
+        "request_id",
+        "route",
+    )
 
     def __init__(self, scope: Mapping[str, Any], request_id: str) -> None:
         client = scope.get("client")
@@ -52,9 +92,16 @@ class Exchange:
         self.principal: Principal | None = None
         self.operation: object = None
         self.error_codes: list[str] = []
+        # For the metrics: the path's template (the router's route; /graphql is routed ahead
+        # of the router) and the root field that ran, both names of the application's own.
+        route = scope.get("route")
+        self.route: str = route.path if route is not None else scope["path"]
+        self.field: str | None = None
 
     def log(self, status: int, started: float) -> None:
-        """Writes the access log line of the request, answered with ``status``."""
+        """Writes the access log line of the request, answered with ``status``, and counts
+        it in the metrics."""
+        metrics.requests.answered(self.route, self.field, self.error_codes, started)
         write_line(
             request_id=self.request_id,
             method=self.method,

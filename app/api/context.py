@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
+from app import metrics
 from app.auth import KeySourceError, Principal, TokenError, TokenValidator
 from app.broker import Broker
 from app.errors import Unauthenticated
@@ -48,10 +49,13 @@ async def authenticate(context: Context, header: str, validator: TokenValidator)
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         context.auth_error = "the Authorization header must be 'Bearer <access token>'"
+        metrics.TOKEN_FAILURES.labels("not_bearer").inc()
         return
     try:
         context.principal = await validator.validate(token.strip())
     except TokenError as error:
         context.auth_error = f"invalid access token: {error}"
+        metrics.TOKEN_FAILURES.labels(error.reason).inc()
     except KeySourceError as error:
         context.key_error = error
+        metrics.TOKEN_FAILURES.labels("keys_unavailable").inc()

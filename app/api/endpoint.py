@@ -138,6 +138,7 @@ class Endpoint:
             plan = self.compiler.plan(query, operation_name, state.method)
             if plan is not None:
                 state.operation = plan.name
+                state.field = plan.field_node.name.value
                 result = await documents.execute(plan, context, variables)
                 if result is not None:
                     return self._reply(state, result, headers)
@@ -176,6 +177,7 @@ class Endpoint:
             return reply
         finally:
             state.operation = getattr(noted, "operation", state.operation)
+            state.field = getattr(noted, "field", state.field)
 
 
 _Headers = dict[bytes, str]

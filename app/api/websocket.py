@@ -30,7 +30,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
-from app import live
+from app import live, metrics
 from app.api import access
 from app.api.context import Context
 from app.api.documents import Compiler, Payloads, Plan
@@ -474,6 +474,7 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
         disconnect ends the loop, and ``shutdown`` always runs."""
         started = time.perf_counter()
         self.connections.open.add(self)
+        metrics.WEBSOCKET_CONNECTIONS.inc()
         if self.ping_interval > 0:
             self._schedule_ping()
         try:
@@ -490,6 +491,7 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
         finally:
             self._closed = True
             self.connections.open.discard(self)
+            metrics.WEBSOCKET_CONNECTIONS.dec()
             self.stop_watching_expiry()
             for timer in (self._init_timer, self._ping_timer):
                 if timer is not None:
@@ -562,6 +564,7 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
         ``connection_error``, as the protocol has it, rather than ignored without a word."""
         started = time.perf_counter()
         self.connections.open.add(self)
+        metrics.WEBSOCKET_CONNECTIONS.inc()
         # graphql-ws has no init timeout of its own: without one, a connection could stay
         # open unauthenticated for as long as its client likes.
         waiting = deadlines().call_later(self.init_timeout, self._close_unless_initialised)
@@ -582,6 +585,7 @@ class LegacyWSHandler(_MessagesMixin, BaseGraphQLWSHandler[Context, None]):
         finally:
             waiting.cancel()
             self.connections.open.discard(self)
+            metrics.WEBSOCKET_CONNECTIONS.dec()
             self.stop_watching_expiry()
             self.log_connection(started)
 
