@@ -14,13 +14,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app import idempotency
+from app import idempotency, tracing
 from app.errors import Conflict
 from app.models import OrderEvent
 from app.records import (
@@ -32,6 +32,9 @@ from app.records import (
     column_values,
 )
 from app.sql import placeholders
+
+if TYPE_CHECKING:
+    from app.tracer import Span
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ class EventWriter:
     def __init__(self, publisher: Publisher | None = None, *, max_batch: int = MAX_BATCH):
         self._publisher = publisher
         self._max_batch = max_batch
-        self._queue: list[tuple[PendingEvent, asyncio.Future[StoredEvent]]] = []
+        # Each append's row, its answer, and its request's span (None while tracing is off).
+        self._queue: list[tuple[PendingEvent, asyncio.Future[StoredEvent], Span | None]] = []
         self._draining: asyncio.Task[None] | None = None
 
     async def append(
@@ -74,12 +78,13 @@ class EventWriter:
     ) -> StoredEvent:
         """Stores ``row`` as the next event of its order and returns it once committed."""
         if key is not None or expected_version is not None:
-            stored = await self._append_checked(row, key, expected_version)
+            with tracing.span("writer append"):
+                stored = await self._append_checked(row, key, expected_version)
             if self._publisher is not None:
                 self._publisher.after_commit([stored])
             return stored
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
-        self._queue.append((row, future))
+        self._queue.append((row, future, tracing.current()))
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         # Shielded: a client that goes away must not cancel a write others are waiting for.
@@ -91,15 +96,16 @@ class EventWriter:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 try:
-                    stored = await self._append_batch([row for row, _ in batch])
+                    with tracing.batch(span for _, _, span in batch):
+                        stored = await self._append_batch([row for row, _, _ in batch])
                 except Exception as error:
-                    for _, future in batch:
+                    for _, future, _ in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
                 if self._publisher is not None:
                     self._publisher.after_commit(stored)
-                for (_, future), event in zip(batch, stored, strict=True):
+                for (_, future, _), event in zip(batch, stored, strict=True):
                     if not future.done():
                         future.set_result(event)
         finally:

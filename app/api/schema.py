@@ -17,12 +17,12 @@ from graphql import (
     VariableNode,
     value_from_ast_untyped,
 )
-from strawberry.extensions import ParserCache
+from strawberry.extensions import ParserCache, SchemaExtension
 from strawberry.scalars import JSON
 from strawberry.schema.types.scalar import DEFAULT_SCALAR_REGISTRY
 from strawberry.types import Info
 
-from app import live
+from app import live, tracing
 from app.api import operations
 from app.api.access import OperationName
 from app.api.context import Context
@@ -179,6 +179,23 @@ class CachedParse(ParserCache):
         yield
 
 
+class OperationTrace(SchemaExtension):
+    """With tracing on, the operation's span (``app.tracing.operation``) around its parse,
+    validation and execution, named once the document says what it is. The compiled route
+    (``app.api.documents``, ``LiveOperation``) opens the same span."""
+
+    def on_operation(self) -> Iterator[None]:
+        with tracing.operation() as span:
+            yield
+            if span is not None:
+                context = self.execution_context
+                try:
+                    kind: str | None = context.operation_type.value
+                except Exception:  # no document, or no operation of that name in it
+                    kind = None
+                span.named(kind, context.operation_name)
+
+
 def json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
     """A JSON value written in a document, as graphql-core reads one, but for two things: a
     float is read by ``read_float``, as a JSON text's is, and a variable left out is null, as
@@ -214,7 +231,7 @@ def build_schema() -> strawberry.Schema:
         # clients send the same few documents over and over. OperationLimits checks a
         # document before validating it, and remembers its verdict (in place of
         # Strawberry's ValidationCache, which would validate it first).
-        extensions=[CachedParse, OperationLimits, OperationName, ErrorCodes],
+        extensions=[OperationTrace, CachedParse, OperationLimits, OperationName, ErrorCodes],
         scalar_overrides={JSON: _JSON},
     )
 

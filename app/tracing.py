@@ -1,0 +1,108 @@
+"""Tracing (README, "Tracing"): off unless ``OTEL_TRACES_EXPORTER`` names an exporter, and free
+while off: ``active`` is None, nothing of OpenTelemetry is imported, and each seam below costs
+one test of ``active``. On, ``app.tracer`` (the only module that imports OpenTelemetry) makes
+the spans of a trace:
+
+    POST /graphql                      SERVER    frontdoor.serve, every route it serves
+    └─ mutation CreateEvent            INTERNAL  the operation, on the compiled route and
+       │                                         Strawberry's alike (``operation``)
+       └─ writer batch                 INTERNAL  one group commit, linked to every request
+          └─ INSERT, WITH, ...         CLIENT    PostgreSQL statements (asyncpg's instrumentation)
+
+A WebSocket connection is one SERVER span for its whole life, its operations inside it. The
+caller's W3C ``traceparent`` makes the request a child of the caller's span; the access log
+line carries the trace id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from app.tracer import OperationSpan, RequestSpan, Span, Tracer
+
+# The running tracer; None while tracing is off.
+active: Tracer | None = None
+
+# What a seam gives while tracing is off (reusable: it holds nothing).
+_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+# OTEL_TRACES_EXPORTER's values this service knows; "none" (the default here) is off.
+EXPORTERS = ("none", "otlp", "console")
+
+
+def configure(settings: Settings) -> None:
+    """Turns tracing on for this process when ``settings`` names an exporter (the server's
+    entry point calls this, once; tests install a tracer of their own)."""
+    if settings.otel_traces_exporter == "none":
+        return
+    from app import tracer  # OpenTelemetry's SDK: imported only now
+
+    install(tracer.from_environment(settings.otel_traces_exporter))
+
+
+def install(tracer: Tracer | None) -> None:
+    """Makes ``tracer`` the process's tracer (None: tracing off)."""
+    global active
+    active = tracer
+
+
+def request(scope: Mapping[str, Any]) -> contextlib.AbstractContextManager[RequestSpan | None]:
+    """The span of an HTTP request or a WebSocket connection, current while it lasts (None
+    while tracing is off)."""
+    return _OFF if active is None else active.request(scope)
+
+
+def operation(
+    kind: str | None = None, name: str | None = None
+) -> contextlib.AbstractContextManager[OperationSpan | None]:
+    """The span of a GraphQL operation of type ``kind`` named ``name`` (either may be given
+    later, ``OperationSpan.named``), current while it lasts."""
+    return _OFF if active is None else active.operation(kind, name)
+
+
+def start_operation(kind: str, name: str | None) -> OperationSpan | None:
+    """An operation's span that outlives the call (a compiled subscription's): ended by its
+    ``end``, never current."""
+    return None if active is None else active.start_operation(kind, name)
+
+
+def current() -> Span | None:
+    """The current span, for a writer batch to name its requests by (None while off)."""
+    return None if active is None else active.current()
+
+
+def batch(requests: Iterable[Span | None]) -> contextlib.AbstractContextManager[None]:
+    """The span of a writer batch storing the events of ``requests`` (each one's ``current()``
+    when it queued), current while it lasts."""
+    return _OFF if active is None else active.batch(requests)
+
+
+def span(name: str) -> contextlib.AbstractContextManager[None]:
+    """A span of the service's own work, a child of the current one."""
+    return _OFF if active is None else active.span(name)
+
+
+def trace_id() -> str | None:
+    """The current trace's id, as W3C ``traceparent`` writes it (None while off)."""
+    return None if active is None else active.trace_id()
+
+
+async def flush() -> None:
+    """Sends the spans still queued (the process is stopping)."""
+    if active is not None:
+        await active.flush()
+
+
+@contextlib.contextmanager
+def installed(tracer: Tracer) -> Iterator[Tracer]:
+    """``tracer`` as the process's tracer while the block runs (tests)."""
+    previous = active
+    install(tracer)
+    try:
+        yield tracer
+    finally:
+        install(previous)
