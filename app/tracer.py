@@ -126,6 +126,11 @@ class Tracer:
         with _current(operation.span):
             yield operation
 
+    @contextlib.contextmanager
+    def within(self, operation: OperationSpan) -> Iterator[None]:
+        with _current(operation.span, end=False):
+            yield
+
     def start_operation(self, kind: str | None, name: str | None) -> OperationSpan:
         operation = OperationSpan(self._tracer.start_span("GraphQL"))
         operation.named(kind, name)
@@ -164,10 +169,12 @@ class Tracer:
 
 
 @contextlib.contextmanager
-def _current(span: Span, parent: otel_context.Context | None = None) -> Iterator[None]:
+def _current(
+    span: Span, parent: otel_context.Context | None = None, *, end: bool = True
+) -> Iterator[None]:
     """``span`` as the current span (in ``parent``, else the current context) while the block
-    runs; ended after it. An exception makes it an error of that exception's type, without
-    the exception's text."""
+    runs; ended after it unless ``end`` is false. An exception makes it an error of that
+    exception's type, without the exception's text."""
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     try:
         yield
@@ -177,7 +184,8 @@ def _current(span: Span, parent: otel_context.Context | None = None) -> Iterator
         raise
     finally:
         otel_context.detach(token)
-        span.end()
+        if end:
+            span.end()
 
 
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:

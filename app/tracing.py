@@ -64,10 +64,15 @@ def operation(
     return _OFF if active is None else active.operation(kind, name)
 
 
-def start_operation(kind: str, name: str | None) -> OperationSpan | None:
-    """An operation's span that outlives the call (a compiled subscription's): ended by its
-    ``end``, never current."""
+def start_operation(kind: str | None, name: str | None) -> OperationSpan | None:
+    """An operation's span, a child of the current one, that outlives the call (a
+    subscription's, or one Strawberry runs): ended by its ``end``, current only ``within``."""
     return None if active is None else active.start_operation(kind, name)
+
+
+def within(operation: OperationSpan | None) -> contextlib.AbstractContextManager[None]:
+    """``operation``'s span as the current one while the block runs (nothing for None)."""
+    return _OFF if active is None or operation is None else active.within(operation)
 
 
 def current() -> Span | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from graphql import (
@@ -30,6 +30,9 @@ from app.api.errors import ErrorCodes
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
 from app.validation import read_float
+
+if TYPE_CHECKING:
+    from app.tracer import OperationSpan
 
 AccountId = Annotated[
     strawberry.ID,
@@ -180,20 +183,31 @@ class CachedParse(ParserCache):
 
 
 class OperationTrace(SchemaExtension):
-    """With tracing on, the operation's span (``app.tracing.operation``) around its parse,
-    validation and execution, named once the document says what it is. The compiled route
-    (``app.api.documents``, ``LiveOperation``) opens the same span."""
+    """With tracing on, the operation's span (``app.tracing``) from before its parse to its
+    end, named once the document says what it is; the compiled route (``app.api.documents``,
+    ``LiveOperation``) opens the same span. It is the current span only while the operation
+    executes: Strawberry may close a WebSocket operation's stream from another task, where a
+    context made current in this one could not be undone."""
+
+    span: OperationSpan | None = None
 
     def on_operation(self) -> Iterator[None]:
-        with tracing.operation() as span:
+        self.span = tracing.start_operation(None, None)
+        try:
             yield
-            if span is not None:
+        finally:
+            if self.span is not None:
                 context = self.execution_context
                 try:
                     kind: str | None = context.operation_type.value
                 except Exception:  # no document, or no operation of that name in it
                     kind = None
-                span.named(kind, context.operation_name)
+                self.span.named(kind, context.operation_name)
+                self.span.end()
+
+    def on_execute(self) -> Iterator[None]:
+        with tracing.within(self.span):
+            yield
 
 
 def json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
