@@ -163,6 +163,10 @@ async def test_a_websocket_connection_is_a_span_with_its_operations_in_it(
         ]
 
     await eventually(lambda: bool(connection_exported()), "the connection's span exported")
+    connections = {
+        line["traceId"] for line in access_lines(server) if line["method"] == "WEBSOCKET"
+    }
+    assert {span.trace_id.hex() for span in connection_exported()} <= connections
     assert "Failed to detach context" not in server.output()
 
 
