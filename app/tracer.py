@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Iterable, Iterator, Mapping
+from contextvars import Token
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -32,13 +33,29 @@ SERVICE_NAME = "order-events"
 FLUSH_MILLISECONDS = 5000
 
 
-class RequestSpan:
+class Started:
+    """A span as its seam hands it out: ``end`` ends it, and if it was made the current span,
+    puts back the context it replaced (in the task that made it current)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span, token: Token[otel_context.Context] | None = None) -> None:
+        self.span = span
+        self.token = token
+
+    def end(self) -> None:
+        """Ends the span, once however often it is called."""
+        if self.token is not None:
+            otel_context.detach(self.token)
+            self.token = None
+        if self.span.is_recording():
+            self.span.end()
+
+
+class RequestSpan(Started):
     """An HTTP request's span (or a WebSocket connection's), told how it was answered."""
 
-    __slots__ = ("span",)
-
-    def __init__(self, span: Span) -> None:
-        self.span = span
+    __slots__ = ()
 
     def answered(self, status: int, error_codes: Iterable[str]) -> None:
         """The status the request was answered with, and its errors' codes (the access
@@ -53,13 +70,10 @@ class RequestSpan:
             span.set_status(StatusCode.ERROR)
 
 
-class OperationSpan:
+class OperationSpan(Started):
     """A GraphQL operation's span."""
 
-    __slots__ = ("span",)
-
-    def __init__(self, span: Span) -> None:
-        self.span = span
+    __slots__ = ()
 
     def named(self, kind: str | None, name: str | None) -> None:
         """Names the span by the operation's type and name: ``mutation CreateEvent``, or
@@ -71,11 +85,6 @@ class OperationSpan:
             self.span.set_attribute("graphql.operation.type", kind)
         if name:
             self.span.set_attribute("graphql.operation.name", name)
-
-    def end(self) -> None:
-        """Ends the span, once however often it is called."""
-        if self.span.is_recording():
-            self.span.end()
 
 
 class Tracer:
@@ -97,8 +106,7 @@ class Tracer:
             self._statements.uninstrument()
             self._statements = None
 
-    @contextlib.contextmanager
-    def request(self, scope: Mapping[str, Any]) -> Iterator[RequestSpan]:
+    def request(self, scope: Mapping[str, Any]) -> RequestSpan:
         parent = propagate.extract(_headers(scope))
         route = _route(scope)
         if scope["type"] == "websocket":
@@ -117,24 +125,23 @@ class Tracer:
         if client:
             attributes["client.address"] = client[0]
         span = self._tracer.start_span(name, parent, SpanKind.SERVER, attributes)
-        with _current(span, parent):
-            yield RequestSpan(span)
+        return RequestSpan(span, otel_context.attach(trace.set_span_in_context(span, parent)))
 
-    @contextlib.contextmanager
-    def operation(self, kind: str | None, name: str | None) -> Iterator[OperationSpan]:
-        operation = self.start_operation(kind, name)
-        with _current(operation.span):
-            yield operation
+    def operation(
+        self, kind: str | None, name: str | None, *, current: bool
+    ) -> OperationSpan | None:
+        if not trace.get_current_span().is_recording():
+            return None  # a request not sampled: nothing in it would be
+        span = self._tracer.start_span("GraphQL")
+        token = otel_context.attach(trace.set_span_in_context(span)) if current else None
+        operation = OperationSpan(span, token)
+        operation.named(kind, name)
+        return operation
 
     @contextlib.contextmanager
     def within(self, operation: OperationSpan) -> Iterator[None]:
         with _current(operation.span, end=False):
             yield
-
-    def start_operation(self, kind: str | None, name: str | None) -> OperationSpan:
-        operation = OperationSpan(self._tracer.start_span("GraphQL"))
-        operation.named(kind, name)
-        return operation
 
     def current(self) -> Span:
         return trace.get_current_span()
@@ -142,11 +149,16 @@ class Tracer:
     @contextlib.contextmanager
     def batch(self, requests: Iterable[Span | None]) -> Iterator[None]:
         """The batch is a child of its first request's span (the one that found the writer
-        idle, or the longest waiting), linked to every other's."""
+        idle, or the longest waiting; the first sampled one), linked to every other's."""
         entries = list(requests)
         spans = [span for span in entries if span is not None and span.get_span_context().is_valid]
+        # A sampled request first: the batch is sampled as its parent is.
+        spans.sort(key=lambda span: not span.get_span_context().trace_flags.sampled)
+        if not spans or not spans[0].get_span_context().trace_flags.sampled:
+            yield  # no request of the batch is sampled
+            return
         # Not the writer task's own context: that is the request's that started the task.
-        parent = trace.set_span_in_context(spans[0]) if spans else otel_context.Context()
+        parent = trace.set_span_in_context(spans[0])
         links = [Link(span.get_span_context()) for span in spans[1:]]
         span = self._tracer.start_span(
             "writer batch", parent, links=links, attributes={"writer.batch.size": len(entries)}
@@ -156,6 +168,9 @@ class Tracer:
 
     @contextlib.contextmanager
     def span(self, name: str) -> Iterator[None]:
+        if not trace.get_current_span().is_recording():
+            yield  # a request not sampled
+            return
         with _current(self._tracer.start_span(name)):
             yield
 

@@ -486,13 +486,16 @@ async def execute(plan: Plan, context: Context, variables: Any) -> Any:
     if arguments is None:
         return None
     assert plan.run is not None
-    with tracing.operation(plan.operation.value, plan.name):
-        try:
-            value = await plan.run(context, **arguments)
-        except Exception as error:
-            # The root fields are non-null: their error nulls the whole data, as in graphql-core.
-            return ExecutionResult(data=None, errors=[plan.error(error, context.request_id)])
-        return ExecutionResult(data=plan.data(value), errors=None)
+    operation = tracing.operation(plan.operation.value, plan.name)
+    try:
+        value = await plan.run(context, **arguments)
+    except Exception as error:
+        # The root fields are non-null: their error nulls the whole data, as in graphql-core.
+        return ExecutionResult(data=None, errors=[plan.error(error, context.request_id)])
+    finally:
+        if operation is not None:
+            operation.end()
+    return ExecutionResult(data=plan.data(value), errors=None)
 
 
 class Payloads:

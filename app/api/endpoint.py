@@ -64,8 +64,12 @@ class Endpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             # A WebSocket connection: its span lasts as long as it does, its operations in it.
-            with tracing.request(scope):
+            span = tracing.request(scope)
+            try:
                 await self.view(scope, receive, send)
+            finally:
+                if span is not None:
+                    span.end()
             return
         headers = _read_headers(scope)
         if b"origin" in headers and self._cross_origin is not None:

@@ -72,7 +72,8 @@ async def serve(
     request = Request(scope, limit_body(scope, receive, max_body_bytes))
     request_id = new_request_id()
     exchange = access.Exchange(scope, request_id)
-    with tracing.request(scope) as span:
+    span = tracing.request(scope)
+    try:
         try:
             reply = await answer(request, exchange)
         except Exception:
@@ -94,6 +95,9 @@ async def serve(
             exchange.log(status, started)
             if span is not None:
                 span.answered(status, exchange.error_codes)
+    finally:
+        if span is not None:
+            span.end()
 
 
 async def caller(

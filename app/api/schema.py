@@ -192,7 +192,7 @@ class OperationTrace(SchemaExtension):
     span: OperationSpan | None = None
 
     def on_operation(self) -> Iterator[None]:
-        self.span = tracing.start_operation(None, None)
+        self.span = tracing.operation(None, None, current=False)
         try:
             yield
         finally:

@@ -440,7 +440,7 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
             )
         except Exception:
             return None  # the ordinary route reports it exactly as it always does
-        operation.span = tracing.start_operation(plan.operation.value, plan.name)
+        operation.span = tracing.operation(plan.operation.value, plan.name, current=False)
         return operation
 
     async def cleanup_operation(self, operation_id: str) -> None:
