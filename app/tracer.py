@@ -128,7 +128,7 @@ class Tracer:
         return RequestSpan(span, otel_context.attach(trace.set_span_in_context(span, parent)))
 
     def operation(
-        self, kind: str | None, name: str | None, *, current: bool
+        self, kind: str | None, name: str | None, *, current: bool = True
     ) -> OperationSpan | None:
         if not trace.get_current_span().is_recording():
             return None  # a request not sampled: nothing in it would be

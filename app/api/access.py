@@ -31,7 +31,8 @@ _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,99}")
 
 
 def graphql_name(value: object) -> str | None:
-    """``value`` if it is a GraphQL name (an operation's name is the client's text)."""
+    """``value`` if it is a GraphQL name (an operation's name is the client's text), as the
+    access line takes it (``write_line``, which tests it inline: it runs for every request)."""
     return value if isinstance(value, str) and _NAME.fullmatch(value) else None
 
 
@@ -115,10 +116,12 @@ def write_line(
     is the trace's id (``app.tracing``), as W3C ``traceparent`` writes it."""
     if not logger.isEnabledFor(logging.INFO):
         return
+    if not (isinstance(operation, str) and _NAME.fullmatch(operation)):
+        operation = None
     line = {
         "requestId": request_id,
         "method": method,
-        "operation": graphql_name(operation),
+        "operation": operation,
         "account": principal.account_id if principal else None,
         "caller": principal.subject if principal else None,
         "client": client,
@@ -126,9 +129,8 @@ def write_line(
         "durationMs": round((time.perf_counter() - started) * 1000, 3),
         "errors": errors,
     }
-    trace_id = tracing.trace_id()
-    if trace_id is not None:
-        line["traceId"] = trace_id
+    if tracing.active is not None:
+        line["traceId"] = tracing.active.trace_id()
     text = orjson.dumps(line).decode()
     if not text.isascii():
         # ASCII only: no character in a value can end the line, for any reader of the log

@@ -486,7 +486,8 @@ async def execute(plan: Plan, context: Context, variables: Any) -> Any:
     if arguments is None:
         return None
     assert plan.run is not None
-    operation = tracing.operation(plan.operation.value, plan.name)
+    tracer = tracing.active  # tested here: while tracing is off, not even a call
+    operation = None if tracer is None else tracer.operation(plan.operation.value, plan.name)
     try:
         value = await plan.run(context, **arguments)
     except Exception as error:
