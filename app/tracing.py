@@ -17,20 +17,20 @@ line carries the trace id.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from app.settings import Settings
-    from app.tracer import OperationSpan, RequestSpan, Span, Tracer
+    from app.tracer import OperationSpan, RequestSpan, Tracer
 
 # The running tracer; None while tracing is off.
 active: Tracer | None = None
 
 # What a block's seam gives while tracing is off (reusable: it holds nothing). On the path of
-# every request (app.api.frontdoor, app.api.documents, the access line) the call sites test
-# ``active`` themselves: a call each, or a with-block, cost a read about 1 % more (measured
-# with callgrind), where the test costs nothing to speak of.
+# every request (app.api.frontdoor, app.api.documents, the writer, the access line) the call
+# sites test ``active`` themselves and call its methods: a call at each, or a with-block,
+# cost a read about 1 % more (measured with callgrind), where the test costs next to nothing.
 _OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
 
 # OTEL_TRACES_EXPORTER's values this service knows; "none" (the default here) is off.
@@ -71,27 +71,6 @@ def operation(kind: str | None, name: str | None, *, current: bool = True) -> Op
 def within(operation: OperationSpan | None) -> contextlib.AbstractContextManager[None]:
     """``operation``'s span as the current one while the block runs (nothing for None)."""
     return _OFF if active is None or operation is None else active.within(operation)
-
-
-def current() -> Span | None:
-    """The current span, for a writer batch to name its requests by (None while off)."""
-    return None if active is None else active.current()
-
-
-def batch(requests: Iterable[Span | None]) -> contextlib.AbstractContextManager[None]:
-    """The span of a writer batch storing the events of ``requests`` (each one's ``current()``
-    when it queued), current while it lasts."""
-    return _OFF if active is None else active.batch(requests)
-
-
-def span(name: str) -> contextlib.AbstractContextManager[None]:
-    """A span of the service's own work, a child of the current one."""
-    return _OFF if active is None else active.span(name)
-
-
-def trace_id() -> str | None:
-    """The current trace's id, as W3C ``traceparent`` writes it (None while off)."""
-    return None if active is None else active.trace_id()
 
 
 async def flush() -> None:

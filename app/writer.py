@@ -78,13 +78,18 @@ class EventWriter:
     ) -> StoredEvent:
         """Stores ``row`` as the next event of its order and returns it once committed."""
         if key is not None or expected_version is not None:
-            with tracing.span("writer append"):
+            tracer = tracing.active  # tested here: while tracing is off, not even a call
+            if tracer is None:
                 stored = await self._append_checked(row, key, expected_version)
+            else:
+                with tracer.span("writer append"):
+                    stored = await self._append_checked(row, key, expected_version)
             if self._publisher is not None:
                 self._publisher.after_commit([stored])
             return stored
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
-        self._queue.append((row, future, tracing.current()))
+        tracer = tracing.active
+        self._queue.append((row, future, None if tracer is None else tracer.current()))
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         # Shielded: a client that goes away must not cancel a write others are waiting for.
@@ -95,9 +100,14 @@ class EventWriter:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
+                rows = [row for row, _, _ in batch]
+                tracer = tracing.active
                 try:
-                    with tracing.batch(span for _, _, span in batch):
-                        stored = await self._append_batch([row for row, _, _ in batch])
+                    if tracer is None:
+                        stored = await self._append_batch(rows)
+                    else:
+                        with tracer.batch(span for _, _, span in batch):
+                            stored = await self._append_batch(rows)
                 except Exception as error:
                     for _, future, _ in batch:
                         if not future.done():
