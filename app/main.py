@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
-from app import health, idempotency, metrics, oauth, openapi, rest
+from app import health, idempotency, metrics, oauth, openapi, rest, tracing
 from app.api import access
 from app.api.documents import Compiler
 from app.api.endpoint import Endpoint, GraphQLRoute
@@ -112,6 +112,8 @@ def create_app(settings: Settings) -> Starlette:
                 if token_endpoint is not None:
                     await token_endpoint.close()
                 metrics.process_stopped()
+                # uvicorn ends the process by the signal: no exit handler would send them.
+                await tracing.flush()
 
     middleware = [
         # CORS applies to /graphql (the endpoint applies it) as to every route; WebSockets
@@ -129,7 +131,9 @@ def create_app(settings: Settings) -> Starlette:
 
 def create_app_from_env() -> Starlette:
     access.configure()
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    tracing.configure(settings)
+    return create_app(settings)
 
 
 def _cors(settings: Settings) -> Middleware:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.tracing import EXPORTERS
+
 DEFAULT_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384")
 
 
@@ -116,6 +118,10 @@ class Settings:
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
+    # Tracing (app.tracing): OpenTelemetry's own variable, off ("none") unless it names an
+    # exporter; everything else about traces is OpenTelemetry's OTEL_* variables.
+    otel_traces_exporter: str = "none"
+
     def __post_init__(self) -> None:
         if not self.public_url:
             object.__setattr__(self, "public_url", served_url(self.host, self.port))
@@ -146,6 +152,7 @@ class Settings:
         if not self.token_attempts_per_second >= 0:
             yield "TOKEN_ATTEMPTS_PER_SECOND must be 0 (no limit) or more"
         yield from self._rate_limit_store_problems()
+        yield from self._tracing_problems()
         if not self.token_algorithms:
             yield "TOKEN_ALGORITHMS must name at least one algorithm"
         weak = [a for a in self.token_algorithms if a == "none" or a.startswith("HS")]
@@ -174,6 +181,12 @@ class Settings:
         # A URL is not repeated: it may hold a password.
         named = "" if "://" in store else f", not {store!r}"
         yield f"RATE_LIMIT_STORE must be memory, postgres or a redis:// URL{named}"
+
+    def _tracing_problems(self) -> Iterator[str]:
+        if self.otel_traces_exporter not in EXPORTERS:
+            choices = ", ".join(EXPORTERS)
+            given = self.otel_traces_exporter
+            yield f"OTEL_TRACES_EXPORTER must be one of {choices}, not {given!r}"
 
     @property
     def local_issuer(self) -> bool:

@@ -14,13 +14,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.transactions import in_transaction
 
-from app import idempotency, metrics
+from app import idempotency, metrics, tracing
 from app.errors import Conflict
 from app.models import OrderEvent
 from app.records import (
@@ -32,6 +32,9 @@ from app.records import (
     column_values,
 )
 from app.sql import placeholders
+
+if TYPE_CHECKING:
+    from app.tracer import Span
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ class EventWriter:
     def __init__(self, publisher: Publisher | None = None, *, max_batch: int = MAX_BATCH):
         self._publisher = publisher
         self._max_batch = max_batch
-        self._queue: list[tuple[PendingEvent, asyncio.Future[StoredEvent]]] = []
+        # Each append's row, its answer, and its request's span (None while tracing is off).
+        self._queue: list[tuple[PendingEvent, asyncio.Future[StoredEvent], Span | None]] = []
         self._draining: asyncio.Task[None] | None = None
 
     async def append(
@@ -74,13 +78,19 @@ class EventWriter:
     ) -> StoredEvent:
         """Stores ``row`` as the next event of its order and returns it once committed."""
         if key is not None or expected_version is not None:
-            stored = await self._append_checked(row, key, expected_version)
+            tracer = tracing.active  # tested here: while tracing is off, not even a call
+            if tracer is None:
+                stored = await self._append_checked(row, key, expected_version)
+            else:
+                with tracer.span("writer append"):
+                    stored = await self._append_checked(row, key, expected_version)
             metrics.EVENTS_APPENDED.inc()
             if self._publisher is not None:
                 self._publisher.after_commit([stored])
             return stored
         future: asyncio.Future[StoredEvent] = asyncio.get_running_loop().create_future()
-        self._queue.append((row, future))
+        tracer = tracing.active
+        self._queue.append((row, future, None if tracer is None else tracer.current()))
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         # Shielded: a client that goes away must not cancel a write others are waiting for.
@@ -91,10 +101,16 @@ class EventWriter:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
+                rows = [row for row, _, _ in batch]
+                tracer = tracing.active
                 try:
-                    stored = await self._append_batch([row for row, _ in batch])
+                    if tracer is None:
+                        stored = await self._append_batch(rows)
+                    else:
+                        with tracer.batch(span for _, _, span in batch):
+                            stored = await self._append_batch(rows)
                 except Exception as error:
-                    for _, future in batch:
+                    for _, future, _ in batch:
                         if not future.done():
                             future.set_exception(error)
                     continue
@@ -102,7 +118,7 @@ class EventWriter:
                 metrics.BATCH_SIZE.observe(len(stored))
                 if self._publisher is not None:
                     self._publisher.after_commit(stored)
-                for (_, future), event in zip(batch, stored, strict=True):
+                for (_, future, _), event in zip(batch, stored, strict=True):
                     if not future.done():
                         future.set_result(event)
         finally:

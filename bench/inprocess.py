@@ -7,6 +7,9 @@ as a served process writes it to its log. Prints process CPU time per request; `
 adds cProfile's top functions. SQLite by default; ``--database`` takes a URL (PostgreSQL: an
 empty database, migrated here). ``--persisted`` sends the read as Apollo's persisted-query
 link does over GET, by its hash alone (registered once first).
+``--trace sampled`` (or ``unsampled``) turns tracing on, every
+request sampled (or none): spans are encoded as the OTLP exporter encodes them, then dropped,
+and the time counts the exporter's thread.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import json
 import pstats
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
+from app import tracing
 from app.api import access
 from app.auth import LocalIssuer
 from app.db import apply_migrations
@@ -33,11 +37,19 @@ from app.settings import Settings
 from bench.harness import ACCOUNT
 from bench.http import SERVICE_READ, SERVICE_WRITE
 
+if TYPE_CHECKING:
+    from app.tracer import Tracer
+
 Call = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 
 async def measure(
-    kind: str, database_url: str, count: int, profile: bool, persisted: bool = False
+    kind: str,
+    database_url: str,
+    count: int,
+    profile: bool,
+    trace: str = "off",
+    persisted: bool = False,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="order-events-inprocess-"))
     await apply_migrations(database_url)
@@ -50,6 +62,8 @@ async def measure(
     with contextlib.redirect_stdout(log):
         access.configure()
     app = create_app(settings)
+    if trace != "off":
+        tracing.install(_tracer(sampled=trace == "sampled"))
     token = LocalIssuer.load_or_create(settings).mint(
         account_id=ACCOUNT, scope="read:shopping write:shopping", subject="bench", ttl_seconds=3600
     )
@@ -115,6 +129,7 @@ async def _timed(kind: str, request: Call, count: int, profile: bool) -> None:
     started = time.process_time()
     for _ in range(count):
         await request()
+    await tracing.flush()  # the spans' export is the request's cost too
     spent = time.process_time() - started
     print(f"{kind}: {spent / count * 1e6:.1f} µs of CPU per request ({count} requests)")
     if profile:
@@ -126,6 +141,26 @@ async def _timed(kind: str, request: Call, count: int, profile: bool) -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 
 
+def _tracer(*, sampled: bool) -> Tracer:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
+
+    from app.tracer import InRequests, Tracer
+
+    class Encoded(SpanExporter):
+        """The OTLP exporter's work but the sending."""
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            encode_spans(spans).SerializePartialToString()
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider(sampler=ALWAYS_ON if sampled else ALWAYS_OFF)
+    provider.add_span_processor(InRequests(BatchSpanProcessor(Encoded())))
+    return Tracer(provider)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__)
     parser.add_argument("kind", choices=["read", "write"])
@@ -133,11 +168,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--persisted", action="store_true", help="read by hash (APQ over GET)")
+    parser.add_argument("--trace", choices=["off", "sampled", "unsampled"], default="off")
     args = parser.parse_args()
     if args.persisted and args.kind != "read":
         parser.error("--persisted goes with read: Apollo sends mutations by POST")
     database = args.database or f"sqlite://{tempfile.mkdtemp()}/events.sqlite3"
-    asyncio.run(measure(args.kind, database, args.count, args.profile, args.persisted))
+    asyncio.run(
+        measure(args.kind, database, args.count, args.profile, args.trace, args.persisted)
+    )
 
 
 if __name__ == "__main__":

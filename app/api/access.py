@@ -23,13 +23,19 @@ from starlette.requests import Request
 from strawberry.extensions import SchemaExtension
 from strawberry.types import ExecutionContext
 
-from app import metrics
+from app import metrics, tracing
 from app.auth import Principal
 
 logger = logging.getLogger("app.access")
 _MESSAGE_ONLY = logging.Formatter("%(message)s")
 
 _NAME = re.compile(r"[_A-Za-z][_0-9A-Za-z]{0,99}")
+
+
+def graphql_name(value: object) -> str | None:
+    """``value`` if it is a GraphQL name (an operation's name is the client's text), as the
+    access line takes it (``write_line``, which tests it inline: it runs for every request)."""
+    return value if isinstance(value, str) and _NAME.fullmatch(value) else None
 
 
 class OperationName(SchemaExtension):
@@ -152,7 +158,8 @@ def write_line(
          "errors": ["BAD_USER_INPUT"]}
 
     ``account`` and ``caller`` are the token's account and subject (null without a valid
-    token); ``errors`` are the response's ``extensions.code``s."""
+    token); ``errors`` are the response's ``extensions.code``s. With tracing on, ``traceId``
+    is the trace's id (``app.tracing``), as W3C ``traceparent`` writes it."""
     if not logger.isEnabledFor(logging.INFO):
         return
     if not (isinstance(operation, str) and _NAME.fullmatch(operation)):
@@ -168,6 +175,8 @@ def write_line(
         "durationMs": round((time.perf_counter() - started) * 1000, 3),
         "errors": errors,
     }
+    if tracing.active is not None:
+        line["traceId"] = tracing.active.trace_id()
     text = orjson.dumps(line).decode()
     if not text.isascii():
         # ASCII only: no character in a value can end the line, for any reader of the log

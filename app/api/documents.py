@@ -51,6 +51,7 @@ from graphql.execution.values import coerce_argument, get_variable_values
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types import ExecutionResult
 
+from app import tracing
 from app.api import limits, operations
 from app.api.context import Context
 from app.api.errors import convert
@@ -489,11 +490,16 @@ async def execute(plan: Plan, context: Context, variables: Any) -> Any:
     if arguments is None:
         return None
     assert plan.run is not None
+    tracer = tracing.active  # tested here: while tracing is off, not even a call
+    operation = None if tracer is None else tracer.operation(plan.operation.value, plan.name)
     try:
         value = await plan.run(context, **arguments)
     except Exception as error:
         # The root fields are non-null: their error nulls the whole data, as in graphql-core.
         return ExecutionResult(data=None, errors=[plan.error(error, context.request_id)])
+    finally:
+        if operation is not None:
+            operation.end()
     return ExecutionResult(data=plan.data(value), errors=None)
 
 

@@ -24,6 +24,7 @@ from strawberry.exceptions import MissingQueryError
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 
+from app import tracing
 from app.api import access, documents, frontdoor
 from app.api.body import InvalidJSON, decode_json
 from app.api.context import Context, authenticate
@@ -64,7 +65,13 @@ class Endpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.view(scope, receive, send)
+            # A WebSocket connection: its span lasts as long as it does, its operations in it.
+            span = tracing.request(scope)
+            try:
+                await self.view(scope, receive, send)
+            finally:
+                if span is not None:
+                    span.end()
             return
         headers = _read_headers(scope)
         if b"origin" in headers and self._cross_origin is not None:

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from app import tracing
 from app.api import access
 from app.api.body import limit_body
 from app.api.context import Context, authenticate
@@ -65,30 +66,40 @@ async def serve(
     added: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
     """Answers one HTTP request with ``answer``, adding ``added`` to its headers;
-    ``internal_error(request_id)`` is the reply when it raises."""
+    ``internal_error(request_id)`` is the reply when it raises. With tracing on, all of it
+    is the request's span (``app.tracing``)."""
     started = time.perf_counter()
     request = Request(scope, limit_body(scope, receive, max_body_bytes))
     request_id = new_request_id()
     exchange = access.Exchange(scope, request_id)
+    # Not tracing.request(): while tracing is off, a request pays no call for it.
+    tracer = tracing.active
+    span = None if tracer is None else tracer.request(scope)
     try:
-        reply = await answer(request, exchange)
-    except Exception:
-        logger.exception("unexpected error request_id=%s", request_id)
-        reply = internal_error(request_id)
-        exchange.error_codes = ["INTERNAL_SERVER_ERROR"]
-    if isinstance(reply, Reply):
-        reply.headers.append((b"x-request-id", request_id.encode()))
-        reply.headers.extend(added)
-        status = reply.status
-    else:
-        reply.headers["x-request-id"] = request_id
-        # Appended, not merged: a header listed twice is one list (RFC 9110, 5.3).
-        reply.raw_headers.extend(added)
-        status = reply.status_code
-    try:
-        await reply(scope, request.receive, send)
+        try:
+            reply = await answer(request, exchange)
+        except Exception:
+            logger.exception("unexpected error request_id=%s", request_id)
+            reply = internal_error(request_id)
+            exchange.error_codes = ["INTERNAL_SERVER_ERROR"]
+        if isinstance(reply, Reply):
+            reply.headers.append((b"x-request-id", request_id.encode()))
+            reply.headers.extend(added)
+            status = reply.status
+        else:
+            reply.headers["x-request-id"] = request_id
+            # Appended, not merged: a header listed twice is one list (RFC 9110, 5.3).
+            reply.raw_headers.extend(added)
+            status = reply.status_code
+        try:
+            await reply(scope, request.receive, send)
+        finally:
+            exchange.log(status, started)
+            if span is not None:
+                span.answered(status, exchange.error_codes)
     finally:
-        exchange.log(status, started)
+        if span is not None:
+            span.end()
 
 
 async def caller(

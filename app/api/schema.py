@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from graphql import (
@@ -17,12 +17,12 @@ from graphql import (
     VariableNode,
     value_from_ast_untyped,
 )
-from strawberry.extensions import ParserCache
+from strawberry.extensions import ParserCache, SchemaExtension
 from strawberry.scalars import JSON
 from strawberry.schema.types.scalar import DEFAULT_SCALAR_REGISTRY
 from strawberry.types import Info
 
-from app import live
+from app import live, tracing
 from app.api import operations
 from app.api.access import OperationName
 from app.api.context import Context
@@ -30,6 +30,9 @@ from app.api.errors import ErrorCodes
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
 from app.validation import read_float
+
+if TYPE_CHECKING:
+    from app.tracer import OperationSpan
 
 AccountId = Annotated[
     strawberry.ID,
@@ -179,6 +182,34 @@ class CachedParse(ParserCache):
         yield
 
 
+class OperationTrace(SchemaExtension):
+    """With tracing on, the operation's span (``app.tracing``) from before its parse to its
+    end, named once the document says what it is; the compiled route (``app.api.documents``,
+    ``LiveOperation``) opens the same span. It is the current span only while the operation
+    executes: Strawberry may close a WebSocket operation's stream from another task, where a
+    context made current in this one could not be undone."""
+
+    span: OperationSpan | None = None
+
+    def on_operation(self) -> Iterator[None]:
+        self.span = tracing.operation(None, None, current=False)
+        try:
+            yield
+        finally:
+            if self.span is not None:
+                context = self.execution_context
+                try:
+                    kind: str | None = context.operation_type.value
+                except Exception:  # no document, or no operation of that name in it
+                    kind = None
+                self.span.named(kind, context.operation_name)
+                self.span.end()
+
+    def on_execute(self) -> Iterator[None]:
+        with tracing.within(self.span):
+            yield
+
+
 def json_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Any:
     """A JSON value written in a document, as graphql-core reads one, but for two things: a
     float is read by ``read_float``, as a JSON text's is, and a variable left out is null, as
@@ -214,7 +245,7 @@ def build_schema() -> strawberry.Schema:
         # clients send the same few documents over and over. OperationLimits checks a
         # document before validating it, and remembers its verdict (in place of
         # Strawberry's ValidationCache, which would validate it first).
-        extensions=[CachedParse, OperationLimits, OperationName, ErrorCodes],
+        extensions=[OperationTrace, CachedParse, OperationLimits, OperationName, ErrorCodes],
         scalar_overrides={JSON: _JSON},
     )
 

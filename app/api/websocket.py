@@ -17,7 +17,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Container
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.websockets import WebSocket, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter
@@ -30,7 +30,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
-from app import live, metrics
+from app import live, metrics, tracing
 from app.api import access
 from app.api.context import Context
 from app.api.documents import Compiler, Payloads, Plan
@@ -40,6 +40,9 @@ from app.errors import RateLimited, ServiceError
 from app.ratelimit import Limiter, caller_key
 from app.records import StoredEvent
 from app.timers import Deadline, deadlines
+
+if TYPE_CHECKING:
+    from app.tracer import OperationSpan
 
 logger = logging.getLogger(__name__)
 
@@ -312,7 +315,7 @@ class LiveOperation(Operation[Context, None]):
     built once per document and shared by every subscriber; frames are JSON text already
     and are sent as they are."""
 
-    __slots__ = ("feed", "plan", "prefix")
+    __slots__ = ("feed", "plan", "prefix", "span")
 
     def __init__(self, handler: TransportWSHandler, operation_id: str, plan: Plan) -> None:
         # The document and variables are not kept: the plan and the feed are all it needs.
@@ -323,6 +326,7 @@ class LiveOperation(Operation[Context, None]):
             json.dumps({"id": operation_id, "type": "next"})[:-1] + ',"payload":'
         )
         self.feed: live.Feed | None = None
+        self.span: OperationSpan | None = None  # its span while tracing is on
 
     async def send_event(self, event: StoredEvent) -> None:
         if self.completed:
@@ -346,10 +350,14 @@ class LiveOperation(Operation[Context, None]):
             await self.send_operation_message({"id": self.id, "type": "next", "payload": payload})
         with contextlib.suppress(Exception):
             await self.send_operation_message({"id": self.id, "type": "complete"})
+        if self.span is not None:
+            self.span.end()
 
     def stop(self) -> None:
         if self.feed is not None:
             self.feed.close()
+        if self.span is not None:
+            self.span.end()
 
 
 class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, None]):
@@ -458,6 +466,7 @@ class TransportWSHandler(_MessagesMixin, BaseGraphQLTransportWSHandler[Context, 
             )
         except Exception:
             return None  # the ordinary route reports it exactly as it always does
+        operation.span = tracing.operation(plan.operation.value, plan.name, current=False)
         return operation
 
     async def cleanup_operation(self, operation_id: str) -> None:
