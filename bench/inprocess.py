@@ -173,9 +173,7 @@ def main() -> None:
     if args.persisted and args.kind != "read":
         parser.error("--persisted goes with read: Apollo sends mutations by POST")
     database = args.database or f"sqlite://{tempfile.mkdtemp()}/events.sqlite3"
-    asyncio.run(
-        measure(args.kind, database, args.count, args.profile, args.trace, args.persisted)
-    )
+    asyncio.run(measure(args.kind, database, args.count, args.profile, args.trace, args.persisted))
 
 
 if __name__ == "__main__":
