@@ -157,7 +157,15 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
         yield application
 
 
-TABLES = ("order_events", "order_streams", "account_streams", "idempotency_keys")
+TABLES = (
+    "order_events",
+    "order_streams",
+    "account_streams",
+    "idempotency_keys",
+    "hooks",
+    "hook_deliveries",
+    "hook_attempts",
+)
 
 
 async def _empty_tables() -> None:
