@@ -141,6 +141,8 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         graphiql=False,
         rate_limit_per_second=0,
         token_attempts_per_second=0,
+        # Webhook tests run dispatchers of their own, with settings of their own.
+        webhook_delivery=False,
     )
 
 

@@ -5,29 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 
 from app.hooks import outbox
-from app.models import Hook, HookDelivery, OrderEvent
+from app.models import HookDelivery, OrderEvent
 from tests.conftest import GraphQLClient
 from tests.helpers import ACCOUNT, ORDER, OTHER_ACCOUNT, create, created
-
-
-async def add_hook(account_id: str = ACCOUNT, *, active: bool = True) -> Hook:
-    now = datetime.now(UTC)
-    return await Hook.create(
-        hook_id=str(uuid.uuid4()),
-        account_id=account_id,
-        url="https://hooks.example/orders",
-        content_type="application/json",
-        secret_type="HMAC-SHA1",
-        secret="s3cret",
-        events='["shopping_order_event_add"]',
-        active=active,
-        created_at=now,
-        created_by="merchant",
-        updated_at=now,
-    )
+from tests.receiver import add_hook
 
 
 async def test_an_event_gets_a_delivery_for_each_active_hook_of_its_account(
