@@ -27,6 +27,7 @@ from app.broker import create_broker
 from app.clients import Revocations
 from app.db import tortoise_config
 from app.graphiql import graphiql_routes
+from app.hooks import rest as hooks_rest
 from app.hooks.dispatcher import Dispatcher, Doorbell
 from app.ratelimit import create_limiter
 from app.settings import Settings
@@ -62,6 +63,7 @@ def create_app(settings: Settings) -> Starlette:
         *health.routes(settings.readiness_timeout_seconds),
         # Dintero's REST shape of the same operations, through the same front door.
         Route(rest.PATH, rest.EventsEndpoint(graphql, rate_limiter), methods=None),
+        *hooks_rest.routes(graphql, rate_limiter),
         Route(openapi.PATH, openapi.route(settings)),
     ]
     token_endpoint = None

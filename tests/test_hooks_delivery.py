@@ -8,51 +8,13 @@ import hashlib
 import hmac
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
 from itertools import pairwise
-from typing import Any
 
-import pytest
-from starlette.applications import Starlette
-
-from app.hooks.dispatcher import Dispatcher, retry_delay
+from app.hooks.dispatcher import retry_delay
 from app.models import Hook, HookAttempt, HookDelivery
-from app.settings import Settings
-from tests.conftest import GraphQLClient
+from tests.conftest import GraphQLClient, Start
 from tests.helpers import ACCOUNT, ORDER, created, eventually
 from tests.receiver import Received, add_hook, receiving
-
-Start = Callable[..., Any]
-
-
-@pytest.fixture
-async def dispatching(
-    client: GraphQLClient, app: Starlette, other_settings: Callable[..., Settings]
-) -> AsyncIterator[Start]:
-    """``await dispatching(**settings)``: a dispatcher of its own running in this process,
-    rung by the app's writer; tiny retry delays and loopback receivers allowed by default."""
-    started: list[Dispatcher] = []
-
-    async def start(**changes: Any) -> Dispatcher:
-        settings = other_settings(
-            **{
-                "webhook_delivery": True,
-                "webhook_allow_http": True,
-                "webhook_allow_private_networks": True,
-                "webhook_retry_base_seconds": 0.02,
-                "webhook_poll_interval_seconds": 0.02,
-                "webhook_timeout_seconds": 5.0,
-                **changes,
-            }
-        )
-        dispatcher = Dispatcher(settings, app.state.doorbell)
-        await dispatcher.start()
-        started.append(dispatcher)
-        return dispatcher
-
-    yield start
-    for dispatcher in started:
-        await dispatcher.stop()
 
 
 def version_of(received: Received) -> int:

@@ -37,11 +37,11 @@ MAX_URL_LENGTH: Final = 2048
 # What makes an address unfit, in the order the refusal names the first that applies.
 _NOT_PUBLIC: Final = (
     ("is_loopback", "a loopback"),
-    ("is_private", "a private"),
     ("is_link_local", "a link-local"),
     ("is_multicast", "a multicast"),
     ("is_unspecified", "an unspecified"),
     ("is_reserved", "a reserved"),
+    ("is_private", "a private"),
 )
 
 
@@ -51,24 +51,32 @@ class DestinationRefused(httpcore.ConnectError):
 
 
 def address_problem(address: str) -> str | None:
-    """Why a hook may not connect to ``address`` (an IP address as text), or None."""
+    """What kind of address ``address`` (an IP address as text) is, if a hook may not
+    connect to it ("a loopback address"); None for a public one."""
     ip = ipaddress.ip_address(address.partition("%")[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     for attribute, kind in _NOT_PUBLIC:
         if getattr(ip, attribute):
-            return f"{address} is {kind} address"
+            return f"{kind} address"
     if not ip.is_global:
-        return f"{address} is not a public address"
+        return "not a public address"
     return None
+
+
+def _literal(host: str) -> str | None:
+    """``host`` as an IP address written the usual way, if it is one."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return None
 
 
 async def resolve(host: str, port: int) -> list[str]:
     """The addresses ``host`` resolves to (itself, if it is an address)."""
-    try:
-        return [str(ipaddress.ip_address(host.strip("[]")))]
-    except ValueError:
-        pass
+    literal = _literal(host)
+    if literal is not None:
+        return [literal]
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
@@ -85,9 +93,13 @@ async def checked_addresses(host: str, port: int, allow_private: bool) -> list[s
     if not allow_private:
         for address in addresses:
             problem = address_problem(address)
-            if problem is not None:
-                shown = problem if address == host.strip("[]") else f"{host} resolves to {problem}"
-                raise DestinationRefused(f"{shown}; hooks may only reach public addresses")
+            if problem is None:
+                continue
+            if address == _literal(host):
+                shown = f"{address} is {problem}"
+            else:
+                shown = f"{host} resolves to {address}, {problem}"
+            raise DestinationRefused(f"{shown}; hooks may only reach public addresses")
     return addresses
 
 
@@ -125,6 +137,8 @@ async def url_problem(url: str, *, allow_http: bool, allow_private: bool) -> str
     problem = url_syntax_problem(url, allow_http)
     if problem is not None:
         return problem
+    if allow_private:
+        return None  # nothing to check the host's addresses for
     parts = urlsplit(url)
     assert parts.hostname is not None
     port = parts.port or (443 if parts.scheme == "https" else 80)
