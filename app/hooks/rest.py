@@ -136,13 +136,13 @@ async def update_hook(request: Request, context: Context) -> Reply:
 async def delete_hook(request: Request, context: Context) -> Reply:
     params = request.path_params
     await subscriptions.delete_hook(context.require_principal(), params["aid"], params["hid"])
-    return Reply(204, b"", JSON)
+    return _no_content()
 
 
 async def ping_hook(request: Request, context: Context) -> Reply:
     params = request.path_params
     await subscriptions.ping_hook(context.require_principal(), params["aid"], params["hid"])
-    return Reply(204, b"", JSON)
+    return _no_content()
 
 
 async def list_deliveries(request: Request, context: Context) -> Reply:
@@ -182,7 +182,7 @@ async def redeliver(request: Request, context: Context) -> Reply:
     await subscriptions.redeliver(
         context.require_principal(), params["aid"], params["hid"], params["delivery_id"]
     )
-    return Reply(204, b"", JSON)
+    return _no_content()
 
 
 # Bodies ------------------------------------------------------------------------------------
@@ -243,6 +243,12 @@ def attempt_body(attempt: AttemptView) -> dict[str, Any]:
         "request": {"headers": attempt.request_headers, "body": attempt.request_body},
         "response": response,
     }
+
+
+def _no_content() -> Reply:
+    reply = Reply(204, b"", JSON)
+    reply.headers = [header for header in reply.headers if header[0] != b"content-type"]
+    return reply
 
 
 def _json(status: int, body: object, headers: list[tuple[str, str]] | None = None) -> Reply:
