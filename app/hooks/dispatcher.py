@@ -319,27 +319,25 @@ class Dispatcher:
     async def _record(
         self, claim: Claim, *, delivered: bool, attempted_at: int, log: dict[str, Any]
     ) -> None:
-        attempts = claim.attempts + 1
-        first = claim.first_attempt_at or attempted_at
-        done = now_ms()
+        """The attempt's outcome, under the claim's lease: the delivery delivered, retried
+        later or failed, counted from its row's attempts (which a reactivation of the hook
+        may have reset meanwhile); the attempt logged; the hook's failing streak, and its
+        deactivation."""
+        delay = retry_delay(claim.attempts + 1, self.settings.webhook_retry_base_seconds)
         async with in_transaction() as connection:
-            mine = HookDelivery.filter(id=claim.id, lease_owner=claim.owner)
-            if delivered:
-                changes: dict[str, Any] = {"status": outbox.DELIVERED}
-            elif attempts >= self.settings.webhook_max_attempts:
-                changes = {"status": outbox.FAILED}
-            else:
-                delay = retry_delay(attempts, self.settings.webhook_retry_base_seconds)
-                changes = {"next_attempt_at": done + int(delay * 1000)}
-            updated = await mine.using_db(connection).update(
-                attempts=attempts,
-                first_attempt_at=first,
-                lease_until=None,
-                lease_owner=None,
-                **changes,
+            rows = await connection.execute_query_dict(
+                placeholders(connection, _RECORD_SQL),
+                [
+                    attempted_at,
+                    1 if delivered else 0,
+                    self.settings.webhook_max_attempts,
+                    now_ms() + int(delay * 1000),
+                    claim.id,
+                    claim.owner,
+                ],
             )
             if (
-                not updated
+                not rows
                 and not await HookDelivery.filter(id=claim.id).using_db(connection).exists()
             ):
                 return  # its hook was deleted meanwhile
@@ -352,18 +350,32 @@ class Dispatcher:
                 await hook(failing_since__isnull=False).update(failing_since=None)
                 return
             await hook(failing_since__isnull=True).update(failing_since=attempted_at)
-            if changes.get("status") == outbox.FAILED:
+            if rows and rows[0]["status"] == outbox.FAILED:
                 reason = (
                     f"deactivated: delivery {claim.event_delivery} failed all "
-                    f"{attempts} attempts, and nothing was delivered since its first "
-                    f"({log['error']})"
+                    f"{rows[0]['attempts']} attempts, and nothing was delivered since its "
+                    f"first ({log['error']})"
                 )
                 # Only if nothing was delivered since this delivery first failed.
-                await hook(active=True, failing_since__lte=first).update(
+                await hook(active=True, failing_since__lte=rows[0]["first_attempt_at"]).update(
                     active=False,
                     deactivated_at=datetime.now(UTC),
                     deactivated_reason=reason,
                 )
+
+
+# An attempt's outcome (``Dispatcher._record``). SET reads the row as it was: ``attempts + 1``
+# is this attempt's number. Parameters: attempted_at, delivered (1 or 0), max attempts,
+# next_attempt_at, id, lease owner.
+_RECORD_SQL: Final = (
+    "UPDATE hook_deliveries SET attempts = attempts + 1,"  # noqa: S608 (no input in the text)
+    " first_attempt_at = COALESCE(first_attempt_at, ?),"
+    f" status = CASE WHEN ? = 1 THEN '{outbox.DELIVERED}'"
+    f" WHEN attempts + 1 >= ? THEN '{outbox.FAILED}' ELSE '{outbox.PENDING}' END,"
+    " next_attempt_at = ?, lease_until = NULL, lease_owner = NULL"
+    " WHERE id = ? AND lease_owner = ?"
+    " RETURNING attempts, status, first_attempt_at"
+)
 
 
 async def _read_some(response: httpx.Response, limit: int) -> bytes:

@@ -220,7 +220,10 @@ async def update_hook(
             row.deactivated_at = None
             row.deactivated_reason = None  # type: ignore[assignment]  # a nullable column
             row.failing_since = None
-            await _requeue(connection, HookDelivery.filter(hook_id=row.id, status=outbox.FAILED))
+            # Failed ones, and those still being tried: each starts its attempts afresh.
+            await _requeue(
+                connection, HookDelivery.filter(hook_id=row.id, status__not=outbox.DELIVERED)
+            )
         await row.save(using_db=connection)
     return HookView.of(row)
 
@@ -268,13 +271,10 @@ async def _find(account_id: str, hook_id: str, connection: BaseDBAsyncClient | N
 
 
 async def _requeue(connection: BaseDBAsyncClient, deliveries: Any) -> None:
+    """Due at once, with all their attempts before them. A lease is left as it is: a
+    delivery in flight is not sent twice at once, and its outcome counts from 0."""
     await deliveries.using_db(connection).update(
-        status=outbox.PENDING,
-        attempts=0,
-        next_attempt_at=0,
-        first_attempt_at=None,
-        lease_until=None,
-        lease_owner=None,
+        status=outbox.PENDING, attempts=0, next_attempt_at=0, first_attempt_at=None
     )
 
 
