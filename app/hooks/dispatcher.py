@@ -40,12 +40,14 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import httpx
+from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
 from tortoise.transactions import in_transaction
 
 from app import rest
 from app.encoding import encode_json
 from app.hooks import destinations, outbox
+from app.hooks.outbox import now_ms
 from app.models import Hook, HookAttempt, HookDelivery, OrderEvent
 from app.records import StoredEvent
 from app.settings import Settings
@@ -60,8 +62,9 @@ MAX_IN_FLIGHT: Final = 200
 LOGGED_BODY_BYTES: Final = 4096
 # A claim's lease outlives the attempt's timeout by this much.
 LEASE_MARGIN_SECONDS: Final = 10.0
-# Claimed per round at most, before the per-hook bound is applied.
-CANDIDATES: Final = 400
+# Rows a claim looks at (and on PostgreSQL locks, which writes each row) per request it may
+# start on one hook: hooks that are full are passed over before, so few rows serve.
+CANDIDATES_PER_REQUEST: Final = 4
 
 
 class Doorbell:
@@ -94,10 +97,6 @@ def signature(secret: str, body: bytes) -> str:
     return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 @dataclass(frozen=True)
 class Claim:
     id: int
@@ -122,35 +121,44 @@ _RETURNED: Final = (
 def claim_sql(dialect: str, per_hook: int, busy: dict[int, int], candidates: int) -> str:
     """The statement that leases due deliveries: at most ``per_hook`` per hook less those
     in flight here (``busy``: hook id → requests in flight), at most ``candidates`` in all.
-    Parameters: lease_until, owner, now, now. Numbers are written in as integers."""
+    Parameters: lease_until, owner, now, now. Numbers are written in as integers.
+
+    The candidates are read in the order they fell due, from the partial index, stopping at
+    ``candidates``. On PostgreSQL they are locked as they are read (``SKIP LOCKED``), which
+    checks the lease again on the row's latest version: a row another process leased in
+    the meantime is not taken. The rows are then updated by id."""
     lock = " FOR UPDATE OF delivery SKIP LOCKED" if dialect == "postgres" else ""
     full = [hook for hook, used in busy.items() if used >= per_hook]
     skip_full = f" AND delivery.hook_id NOT IN ({', '.join(map(str, full))})" if full else ""
-    used = (
-        "CASE ranked.hook_id "
-        + " ".join(f"WHEN {int(hook)} THEN {int(n)}" for hook, n in busy.items())
-        + " ELSE 0 END"
-        if busy
-        else "0"
+    # No WHEN at all is not SQL: a hook id never used (0) stands in.
+    busy_cases = " ".join(f"WHEN {int(hook)} THEN {int(n)}" for hook, n in busy.items()) or (
+        "WHEN 0 THEN 0"
     )
     return (
-        f"UPDATE hook_deliveries SET lease_until = ?, lease_owner = ? WHERE id IN ("  # noqa: S608
-        " SELECT ranked.id FROM ("
-        "  SELECT due.id, due.hook_id,"
-        "   row_number() OVER (PARTITION BY due.hook_id ORDER BY due.id) AS turn FROM ("
-        "   SELECT delivery.id, delivery.hook_id FROM hook_deliveries AS delivery"
-        "   JOIN hooks AS hook ON hook.id = delivery.hook_id AND hook.active"
-        f"   WHERE delivery.status = '{outbox.PENDING}' AND delivery.next_attempt_at <= ?"
-        "   AND (delivery.lease_until IS NULL OR delivery.lease_until < ?)"
+        "UPDATE hook_deliveries SET lease_until = ?, lease_owner = ?"  # noqa: S608
+        " FROM ("
+        "  SELECT due.id AS chosen_id,"
+        "   row_number() OVER (PARTITION BY due.hook_id ORDER BY due.n) AS turn"
+        "  FROM ("
+        "   SELECT delivery.id, delivery.hook_id,"
+        "    row_number() OVER (ORDER BY delivery.next_attempt_at, delivery.id) AS n"
+        "   FROM ("
+        "    SELECT delivery.id, delivery.hook_id, delivery.next_attempt_at"
+        "    FROM hook_deliveries AS delivery"
+        "    JOIN hooks AS hook ON hook.id = delivery.hook_id AND hook.active"
+        f"    WHERE delivery.status = '{outbox.PENDING}' AND delivery.next_attempt_at <= ?"
+        "    AND (delivery.lease_until IS NULL OR delivery.lease_until < ?)"
         f"{skip_full}"
-        "   AND NOT EXISTS (SELECT 1 FROM hook_deliveries AS earlier"
-        "    WHERE earlier.hook_id = delivery.hook_id AND earlier.order_id = delivery.order_id"
-        f"    AND earlier.version < delivery.version AND earlier.status <> '{outbox.DELIVERED}')"
-        f"   ORDER BY delivery.id LIMIT {int(candidates)}{lock}"
+        "    AND NOT EXISTS (SELECT 1 FROM hook_deliveries AS earlier"
+        "     WHERE earlier.hook_id = delivery.hook_id AND earlier.order_id = delivery.order_id"
+        f"     AND earlier.version < delivery.version AND earlier.status <> '{outbox.DELIVERED}')"
+        "    ORDER BY delivery.next_attempt_at, delivery.id"
+        f"    LIMIT {int(candidates)}{lock}"
+        "   ) AS delivery"
         "  ) AS due"
-        " ) AS ranked"
-        f" WHERE ranked.turn <= {int(per_hook)} - {used}"
-        f") AND status = '{outbox.PENDING}' AND (lease_until IS NULL OR lease_until < ?)"
+        " ) AS chosen"
+        f" WHERE hook_deliveries.id = chosen.chosen_id AND chosen.turn <= {int(per_hook)} - "
+        f"(CASE hook_deliveries.hook_id {busy_cases} ELSE 0 END)"
         f" RETURNING {_RETURNED}"
     )
 
@@ -165,6 +173,7 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
+        self._outcomes = Outcomes(settings)
 
     async def start(self) -> None:
         self._http = destinations.client(
@@ -217,19 +226,23 @@ class Dispatcher:
             connection.capabilities.dialect,
             self.settings.webhook_concurrency_per_hook,
             busy,
-            min(room, CANDIDATES),
+            min(room, CANDIDATES_PER_REQUEST * self.settings.webhook_concurrency_per_hook),
         )
         owner = str(uuid.uuid4())
         now = now_ms()
         lease = now + int((self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
         rows = await connection.execute_query_dict(
-            placeholders(connection, sql), [lease, owner, now, now, now]
+            placeholders(connection, sql), [lease, owner, now, now]
         )
         return [Claim(**row, owner=owner) for row in rows]
 
     async def _deliver(self, claim: Claim) -> None:
+        """Sends, then records: the hook's slot is free once its request is answered (the
+        bound is on requests in flight), while the lease holds the delivery, and its order's
+        next version, until the outcome is committed."""
+        outcome = None
         try:
-            await self.attempt(claim)
+            outcome = await self.attempt(claim)
         except Exception:
             logger.exception("webhook delivery %s failed unexpectedly", claim.event_delivery)
         finally:
@@ -237,13 +250,21 @@ class Dispatcher:
             if not self._in_flight[claim.hook_id]:
                 del self._in_flight[claim.hook_id]
             self.doorbell.ring()
+        if outcome is None:
+            return
+        try:
+            await self._outcomes.record(outcome)
+        except Exception:
+            logger.exception("webhook delivery %s not recorded", claim.event_delivery)
+        self.doorbell.ring()  # its order's next version may be due
 
-    async def attempt(self, claim: Claim) -> None:
-        """One POST of a claimed delivery, and its outcome recorded."""
+    async def attempt(self, claim: Claim) -> Outcome | None:
+        """One POST of a claimed delivery; its outcome, to be recorded (None when its hook
+        was deleted meanwhile)."""
         assert self._http is not None
         hook = await Hook.get_or_none(id=claim.hook_id)
         if hook is None:
-            return  # deleted meanwhile, with its deliveries
+            return None  # deleted meanwhile, with its deliveries
         body = await self.body(claim)
         headers = {
             "content-type": hook.content_type,
@@ -277,7 +298,7 @@ class Dispatcher:
         delivered = status is not None and 200 <= status < 300
         if status is not None and not delivered and error is None:
             error = f"answered {status}; only a 2xx counts"
-        await self._record(
+        return Outcome(
             claim,
             delivered=delivered,
             attempted_at=attempted_at,
@@ -316,55 +337,103 @@ class Dispatcher:
         )
         return encode_json(payload)
 
-    async def _record(
-        self, claim: Claim, *, delivered: bool, attempted_at: int, log: dict[str, Any]
-    ) -> None:
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt went, to be recorded."""
+
+    claim: Claim
+    delivered: bool
+    attempted_at: int
+    log: dict[str, Any]
+
+
+class Outcomes:
+    """Records attempts' outcomes, group-committed like the writer's events: the outcomes
+    that arrive while one transaction commits are written by the next, in one commit (on
+    SQLite, one fsync for many deliveries instead of one each). Each ``record`` returns once
+    its own outcome is committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._queue: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def record(self, outcome: Outcome) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((outcome, future))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        await asyncio.shield(future)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    async with in_transaction() as connection:
+                        for outcome, _ in batch:
+                            await self._record(connection, outcome)
+                except Exception as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._draining = None
+
+    async def _record(self, connection: BaseDBAsyncClient, outcome: Outcome) -> None:
         """The attempt's outcome, under the claim's lease: the delivery delivered, retried
         later or failed, counted from its row's attempts (which a reactivation of the hook
         may have reset meanwhile); the attempt logged; the hook's failing streak, and its
         deactivation."""
+        claim, delivered, attempted_at, log = (
+            outcome.claim,
+            outcome.delivered,
+            outcome.attempted_at,
+            outcome.log,
+        )
         delay = retry_delay(claim.attempts + 1, self.settings.webhook_retry_base_seconds)
-        async with in_transaction() as connection:
-            rows = await connection.execute_query_dict(
-                placeholders(connection, _RECORD_SQL),
-                [
-                    attempted_at,
-                    1 if delivered else 0,
-                    self.settings.webhook_max_attempts,
-                    now_ms() + int(delay * 1000),
-                    claim.id,
-                    claim.owner,
-                ],
+        rows = await connection.execute_query_dict(
+            placeholders(connection, _RECORD_SQL),
+            [
+                attempted_at,
+                1 if delivered else 0,
+                self.settings.webhook_max_attempts,
+                now_ms() + int(delay * 1000),
+                claim.id,
+                claim.owner,
+            ],
+        )
+        if not rows and not await HookDelivery.filter(id=claim.id).using_db(connection).exists():
+            return  # its hook was deleted meanwhile
+        await HookAttempt.create(using_db=connection, **log)
+
+        def hook(**conditions: Any) -> Any:
+            return Hook.filter(id=claim.hook_id, **conditions).using_db(connection)
+
+        if delivered:
+            await hook(failing_since__isnull=False).update(failing_since=None)
+            return
+        await hook(failing_since__isnull=True).update(failing_since=attempted_at)
+        if rows and rows[0]["status"] == outbox.FAILED:
+            reason = (
+                f"deactivated: delivery {claim.event_delivery} failed all "
+                f"{rows[0]['attempts']} attempts, and nothing was delivered since its "
+                f"first ({log['error']})"
             )
-            if (
-                not rows
-                and not await HookDelivery.filter(id=claim.id).using_db(connection).exists()
-            ):
-                return  # its hook was deleted meanwhile
-            await HookAttempt.create(using_db=connection, **log)
-
-            def hook(**conditions: Any) -> Any:
-                return Hook.filter(id=claim.hook_id, **conditions).using_db(connection)
-
-            if delivered:
-                await hook(failing_since__isnull=False).update(failing_since=None)
-                return
-            await hook(failing_since__isnull=True).update(failing_since=attempted_at)
-            if rows and rows[0]["status"] == outbox.FAILED:
-                reason = (
-                    f"deactivated: delivery {claim.event_delivery} failed all "
-                    f"{rows[0]['attempts']} attempts, and nothing was delivered since its "
-                    f"first ({log['error']})"
-                )
-                # Only if nothing was delivered since this delivery first failed.
-                await hook(active=True, failing_since__lte=rows[0]["first_attempt_at"]).update(
-                    active=False,
-                    deactivated_at=datetime.now(UTC),
-                    deactivated_reason=reason,
-                )
+            # Only if nothing was delivered since this delivery first failed.
+            await hook(active=True, failing_since__lte=rows[0]["first_attempt_at"]).update(
+                active=False,
+                deactivated_at=datetime.now(UTC),
+                deactivated_reason=reason,
+            )
 
 
-# An attempt's outcome (``Dispatcher._record``). SET reads the row as it was: ``attempts + 1``
+# An attempt's outcome (``Outcomes._record``). SET reads the row as it was: ``attempts + 1``
 # is this attempt's number. Parameters: attempted_at, delivered (1 or 0), max attempts,
 # next_attempt_at, id, lease owner.
 _RECORD_SQL: Final = (

@@ -10,6 +10,7 @@ is right for every process at once, with no cache to keep fresh.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -37,6 +38,19 @@ _UUID: Final = {
         " || '-' || lower(hex(randomblob(6)))"
     ),
 }
+# Now, in Unix milliseconds (a delivery's ``next_attempt_at``: due from its creation on, so
+# that due deliveries are taken in the order they fell due).
+NOW_MS: Final = {
+    "postgres": "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+}
+
+
+def now_ms() -> int:
+    """Now in Unix milliseconds, as the deliveries' times are kept."""
+    return int(time.time() * 1000)
+
+
 COLUMNS: Final = (
     "event_delivery, hook_id, account_id, event, order_id, version, event_id, status,"
     " attempts, next_attempt_at, created_at"
@@ -47,11 +61,12 @@ def insert_sql(dialect: str, source: str, created_at: str, where: str = "") -> s
     """``INSERT … SELECT`` of the deliveries of the events in ``source`` (a table or CTE
     aliased ``event``, with the columns ``account_id``, ``order_id``, ``version`` and
     ``event_id``), one for each active hook of the event's account; ``created_at`` is the
-    SQL of their creation time. Due at once (``next_attempt_at`` 0)."""
+    SQL of their creation time. Due at once."""
     return (
         f"INSERT INTO hook_deliveries ({COLUMNS}) "  # noqa: S608 (no input in the text)
         f"SELECT {_UUID[dialect]}, hook.id, event.account_id, '{ORDER_EVENT_ADD}',"
-        f" event.order_id, event.version, event.event_id, '{PENDING}', 0, 0, {created_at}"
+        f" event.order_id, event.version, event.event_id, '{PENDING}', 0, {NOW_MS[dialect]},"
+        f" {created_at}"
         f" FROM {source} AS event"
         " JOIN hooks AS hook ON hook.account_id = event.account_id AND hook.active"
         f"{where} ORDER BY event.account_id, event.order_id, event.version"

@@ -23,6 +23,7 @@ from app import validation
 from app.auth import Principal
 from app.errors import BadUserInput, Conflict, FieldError, Forbidden, NotFound
 from app.hooks import destinations, outbox
+from app.hooks.outbox import now_ms
 from app.models import Hook, HookAttempt, HookDelivery
 from app.settings import Settings
 
@@ -254,6 +255,7 @@ async def _ping(connection: BaseDBAsyncClient, row: Hook) -> None:
         account_id=row.account_id,
         event=outbox.PING,
         status=outbox.PENDING,
+        next_attempt_at=now_ms(),
         created_at=datetime.now(UTC),
     )
 
@@ -274,7 +276,7 @@ async def _requeue(connection: BaseDBAsyncClient, deliveries: Any) -> None:
     """Due at once, with all their attempts before them. A lease is left as it is: a
     delivery in flight is not sent twice at once, and its outcome counts from 0."""
     await deliveries.using_db(connection).update(
-        status=outbox.PENDING, attempts=0, next_attempt_at=0, first_attempt_at=None
+        status=outbox.PENDING, attempts=0, next_attempt_at=now_ms(), first_attempt_at=None
     )
 
 

@@ -1,6 +1,6 @@
 """Webhooks (``app.hooks``): hooks, their deliveries (the outbox written with each event) and
-the attempts log. The partial index holds only the deliveries still to make, which is all a
-dispatcher's claim looks at."""
+the attempts log. The partial index holds only the deliveries still to make, in the order
+they fall due: a dispatcher's claim reads it from the start and stops at its first few."""
 
 from tortoise import fields, migrations
 from tortoise.indexes import Index
@@ -102,7 +102,7 @@ class Migration(migrations.Migration):
         ),
         ops.RunSQL(
             [
-                "CREATE INDEX hook_deliveries_pending ON hook_deliveries (next_attempt_at)"
+                "CREATE INDEX hook_deliveries_pending ON hook_deliveries (next_attempt_at, id)"
                 " WHERE status = 'pending'",
             ],
             reverse_sql=["DROP INDEX hook_deliveries_pending"],
