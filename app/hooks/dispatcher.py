@@ -197,6 +197,8 @@ class Dispatcher:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Outcomes already on their way are committed (what is not is sent again later).
+        await self._outcomes.flush()
         if self._http is not None:
             await self._http.aclose()
 
@@ -365,6 +367,12 @@ class Outcomes:
         if self._draining is None:
             self._draining = asyncio.create_task(self._drain())
         await asyncio.shield(future)
+
+    async def flush(self) -> None:
+        """Waits until the outcomes queued are committed (or failed)."""
+        if self._draining is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._draining)
 
     async def _drain(self) -> None:
         try:
