@@ -67,6 +67,9 @@ MAX_SUBJECT_LENGTH = 40
 # segment that stands for any one value.
 SCOPE_RESOURCE = "shopping"
 ANY_SEGMENT = "ANY"
+# Webhooks' scopes (app.hooks): no paths, the account's hooks as a whole.
+HOOKS_RESOURCE = "hooks"
+HOOK_SCOPES = frozenset(f"{action}:{HOOKS_RESOURCE}" for action in ("admin", "write", "read"))
 
 # ES256 for the development issuer: a P-256 key is generated far faster than an RSA one, its
 # signatures are 64 bytes instead of 256, and ES256 is in the default algorithm list.
@@ -139,6 +142,10 @@ class Principal:
         # None marks a segment that must hold for every order, so only ANY covers it.
         return self._allows("read", ("orders", None, "events"))
 
+    def can_use_hooks(self, action: str) -> bool:
+        """``action`` (read or write) on the account's hooks; admin allows both."""
+        return not self.scopes.isdisjoint({f"{action}:{HOOKS_RESOURCE}", f"admin:{HOOKS_RESOURCE}"})
+
     def _allows(self, action: str, path: tuple[str | None, ...]) -> bool:
         for scope in self.scopes:
             parsed = parse_scope(scope)
@@ -167,6 +174,11 @@ def parse_scope(scope: str) -> tuple[str, tuple[str, ...] | None] | None:
     if not path.startswith("/"):
         return None
     return action, tuple(path[1:].split("/"))
+
+
+def is_api_scope(scope: str) -> bool:
+    """Whether ``scope`` grants anything in this API: events' scopes, or hooks'."""
+    return scope in HOOK_SCOPES or parse_scope(scope) is not None
 
 
 def _covers(pattern: tuple[str, ...], path: tuple[str | None, ...]) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from app.auth import ACCOUNT_ID_PATTERN, parse_scope
+from app.auth import ACCOUNT_ID_PATTERN, is_api_scope
 from app.models import OAuthClient
 
 logger = logging.getLogger(__name__)
@@ -78,11 +78,11 @@ def _client(row: OAuthClient) -> Client:
 
 def normalized_scope(scope: str) -> str:
     """``scope`` as stored: each scope once, in the order given. Raises ``ClientError`` for
-    an empty one or one that grants nothing in this API (``app.auth.parse_scope``)."""
+    an empty one or one that grants nothing in this API (``app.auth.is_api_scope``)."""
     scopes = list(dict.fromkeys(scope.split()))
     if not scopes:
         raise ClientError("a client needs at least one scope")
-    unknown = [each for each in scopes if parse_scope(each) is None]
+    unknown = [each for each in scopes if not is_api_scope(each)]
     if unknown:
         raise ClientError(f"not scopes of this API: {' '.join(unknown)}")
     return " ".join(scopes)

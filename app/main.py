@@ -27,6 +27,8 @@ from app.broker import create_broker
 from app.clients import Revocations
 from app.db import tortoise_config
 from app.graphiql import graphiql_routes
+from app.hooks import rest as hooks_rest
+from app.hooks.dispatcher import Dispatcher, Doorbell
 from app.ratelimit import create_limiter
 from app.settings import Settings
 from app.shutdown import drain_on_signals
@@ -43,12 +45,14 @@ def create_app(settings: Settings) -> Starlette:
     compiler = Compiler(schema, settings)
     # One limiter for HTTP requests and WebSocket operations alike: one bucket per caller.
     rate_limiter = create_limiter(settings)
+    # Rung by the writer when it wrote webhook deliveries (app.hooks).
+    doorbell = Doorbell()
     graphql = GraphQLView(
         schema,
         settings,
         TokenValidator(settings, keys, revocations.is_revoked if revocations else None),
         broker,
-        EventWriter(broker),
+        EventWriter(broker, on_deliveries=doorbell.ring),
         compiler,
         rate_limiter,
     )
@@ -60,6 +64,7 @@ def create_app(settings: Settings) -> Starlette:
         *metrics.routes(settings),
         # Dintero's REST shape of the same operations, through the same front door.
         Route(rest.PATH, rest.EventsEndpoint(graphql, rate_limiter), methods=None),
+        *hooks_rest.routes(graphql, rate_limiter),
         Route(openapi.PATH, openapi.route(settings)),
     ]
     token_endpoint = None
@@ -94,6 +99,10 @@ def create_app(settings: Settings) -> Starlette:
             purger = asyncio.create_task(
                 idempotency.purge_forever(settings.idempotency_purge_interval_seconds)
             )
+            dispatcher = None
+            if settings.webhook_delivery:
+                dispatcher = Dispatcher(settings, doorbell)
+                await dispatcher.start()
             restore_signals = drain_on_signals(graphql.connections, settings.shutdown_grace_seconds)
             try:
                 yield
@@ -106,6 +115,8 @@ def create_app(settings: Settings) -> Starlette:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
+                if dispatcher is not None:
+                    await dispatcher.stop()
                 await broker.stop()
                 if rate_limiter is not None:
                     await rate_limiter.close()
@@ -124,6 +135,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.settings = settings
     app.state.broker = broker
+    app.state.doorbell = doorbell
     app.state.rate_limiter = rate_limiter
     app.state.revocations = revocations
     return app

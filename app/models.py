@@ -110,3 +110,80 @@ class OAuthClient(Model):
     class Meta:
         table = "oauth_clients"
         indexes = (Index(fields=("account_id",), name="oauth_clients_account"),)
+
+
+# A merchant's webhook (``app.hooks``): where an account's events are POSTed, signed with the
+# secret. The secret is kept as given, not hashed: it is the key every delivery is signed
+# with. A hook that failed for long enough is made inactive, saying why.
+class Hook(Model):
+    id = fields.BigIntField(primary_key=True)
+    hook_id = fields.CharField(max_length=36, unique=True)
+    account_id = fields.CharField(max_length=9)
+    url = fields.TextField()
+    content_type = fields.CharField(max_length=64)
+    secret_type = fields.CharField(max_length=16)
+    secret = fields.TextField()
+    # The event names, as a JSON list.
+    events = fields.TextField()
+    active = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField()
+    created_by = fields.CharField(max_length=40)
+    updated_at = fields.DatetimeField()
+    # Unix milliseconds of the first failed attempt since the last delivered one.
+    failing_since = fields.BigIntField(null=True)
+    deactivated_at = fields.DatetimeField(null=True)
+    deactivated_reason = fields.TextField(null=True)
+
+    class Meta:
+        table = "hooks"
+        indexes = (Index(fields=("account_id", "active"), name="hooks_account"),)
+
+
+# One event to one hook: the outbox. Written in the event's own transaction (``app.writer``
+# with ``app.hooks.outbox``), so an acknowledged event is never without its deliveries.
+# Times that are compared in queries are Unix milliseconds: an integer compares the same way
+# on every database.
+class HookDelivery(Model):
+    id = fields.BigIntField(primary_key=True)
+    event_delivery = fields.CharField(max_length=36, unique=True)
+    hook_id = fields.BigIntField()
+    account_id = fields.CharField(max_length=9)
+    event = fields.CharField(max_length=64)
+    order_id = fields.CharField(max_length=128, null=True)
+    version = fields.IntField(null=True)
+    event_id = fields.CharField(max_length=40, null=True)
+    status = fields.CharField(max_length=16)
+    attempts = fields.IntField(default=0)
+    next_attempt_at = fields.BigIntField(default=0)
+    first_attempt_at = fields.BigIntField(null=True)
+    lease_until = fields.BigIntField(null=True)
+    lease_owner = fields.CharField(max_length=36, null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "hook_deliveries"
+        # Version order per hook and order: the one in flight is the earliest not delivered.
+        indexes = (Index(fields=("hook_id", "order_id", "version"), name="hook_deliveries_order"),)
+
+
+# One POST of a delivery: the deliveries log of a hook, with what was sent and answered
+# (bodies cut short).
+class HookAttempt(Model):
+    id = fields.BigIntField(primary_key=True)
+    attempt_id = fields.CharField(max_length=36, unique=True)
+    delivery_id = fields.BigIntField()
+    hook_id = fields.BigIntField()
+    attempt = fields.IntField()
+    created_at = fields.DatetimeField()
+    status = fields.CharField(max_length=16)
+    response_status = fields.IntField(null=True)
+    duration_ms = fields.IntField()
+    request_headers = fields.TextField()
+    request_body = fields.TextField()
+    response_headers = fields.TextField(null=True)
+    response_body = fields.TextField(null=True)
+    error = fields.TextField(null=True)
+
+    class Meta:
+        table = "hook_attempts"
+        indexes = (Index(fields=("hook_id", "id"), name="hook_attempts_hook"),)

@@ -1,5 +1,5 @@
-"""The OpenAPI 3.1 document of the REST endpoints (``app.rest``) and Get Token
-(``app.oauth``), served at ``/v1/openapi.json``.
+"""The OpenAPI 3.1 document of the REST endpoints (``app.rest``, ``app.hooks.rest``) and Get
+Token (``app.oauth``), served at ``/v1/openapi.json``.
 
 Made from what the endpoints are made of, so that it cannot drift from them: the members and
 their types from ``NewEvent`` and ``StoredEvent``, each posted member's limits from the input
@@ -20,6 +20,8 @@ from starlette.responses import JSONResponse
 
 from app import oauth, rest, validation
 from app.auth import MAX_SUBJECT_LENGTH
+from app.hooks import destinations, outbox, subscriptions
+from app.hooks import rest as hooks_rest
 from app.records import NewEvent, StoredEvent
 from app.settings import Settings
 
@@ -127,6 +129,7 @@ def document(settings: Settings) -> dict[str, Any]:
             "get": _list_operation(settings.max_page_size),
         }
     }
+    paths.update(_hook_paths(account))
     if settings.local_issuer:
         paths[oauth.PATH] = {"parameters": [account], "post": _token_operation()}
     return {
@@ -165,12 +168,260 @@ def document(settings: Settings) -> dict[str, Any]:
                     "properties": {"href": {"type": "string"}, "rel": {"type": "string"}},
                     "required": ["href", "rel"],
                 },
+                **_HOOK_SCHEMAS,
                 "Error": _ERROR_SCHEMA,
                 "Token": _TOKEN_SCHEMA,
                 "TokenError": _TOKEN_ERROR_SCHEMA,
             },
         },
     }
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    if schema is None:
+        return {"description": description}
+    return {"description": description, "content": {rest.JSON: {"schema": schema}}}
+
+
+def _hook_paths(account: dict[str, Any]) -> dict[str, Any]:
+    """The Hooks API (``app.hooks.rest``)."""
+
+    def path_id(name: str, description: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "description": description,
+            "schema": {"type": "string"},
+        }
+
+    hook = path_id("hid", "The hook subscription's id.")
+    delivery = path_id("delivery_id", "The delivery attempt's id (`id` in the deliveries log).")
+    missing = {"404": _error("No such hook subscription (or delivery) in the account.")}
+    body = {"415": _error("The body is not application/json."), "413": _error("Too large.")}
+
+    def operation(
+        summary: str, operation_id: str, answers: dict[str, Any], request: str | None = None
+    ) -> dict[str, Any]:
+        made: dict[str, Any] = {
+            "summary": summary,
+            "operationId": operation_id,
+            "responses": {**answers, **_REFUSALS},
+        }
+        if request is not None:
+            made["requestBody"] = {
+                "required": True,
+                "content": {rest.JSON: {"schema": _ref(request)}},
+            }
+        return made
+
+    subscription = _answer("The hook subscription (never its secret).", _ref("HookSubscription"))
+    done = _answer("Done.")
+    page = {
+        "name": "limit",
+        "in": "query",
+        "description": f"Attempts per page, newest first (default {hooks_rest.DEFAULT_PAGE}).",
+        "schema": {"type": "integer", "minimum": 1, "maximum": subscriptions.MAX_PAGE},
+    }
+    after = {
+        "name": "starting_after",
+        "in": "query",
+        "description": "The `id` of the last attempt seen: the page starts after it.",
+        "schema": {"type": "string"},
+    }
+    attempts = _answer(
+        "A page of the hook's delivery attempts.",
+        {"type": "array", "items": _ref("HookDeliverySummary")},
+    )
+    attempts["headers"] = {"Link": _header("The next page, when there is one.", required=False)}
+    return {
+        hooks_rest.BASE: {
+            "parameters": [account],
+            "post": operation(
+                "Create a hook subscription (a ping is sent to it)",
+                "createHookSubscription",
+                {"201": subscription, **body, "409": _error("The account has all its hooks.")},
+                "HookSubscriptionCreate",
+            ),
+            "get": operation(
+                "List the account's hook subscriptions",
+                "hookSubscriptions",
+                {
+                    "200": _answer(
+                        "The subscriptions.", {"type": "array", "items": _ref("HookSubscription")}
+                    )
+                },
+            ),
+        },
+        hooks_rest.HOOK: {
+            "parameters": [account, hook],
+            "get": operation(
+                "Get a hook subscription", "hookSubscription", {"200": subscription, **missing}
+            ),
+            "put": operation(
+                "Replace a hook subscription (its secret only when one is given)",
+                "updateHookSubscription",
+                {"200": subscription, **missing, **body},
+                "HookSubscriptionUpdate",
+            ),
+            "delete": operation(
+                "Delete a hook subscription, its deliveries and their log",
+                "deleteHookSubscription",
+                {"204": done, **missing},
+            ),
+        },
+        hooks_rest.PING: {
+            "parameters": [account, hook],
+            "post": operation(
+                "Send a ping event", "pingHookSubscription", {"204": done, **missing}
+            ),
+        },
+        hooks_rest.DELIVERIES: {
+            "parameters": [account, hook, page, after],
+            "get": operation(
+                "The hook's delivery attempts", "hookDeliveries", {"200": attempts, **missing}
+            ),
+        },
+        hooks_rest.DELIVERY: {
+            "parameters": [account, hook, delivery],
+            "get": operation(
+                "One delivery attempt, with its request and response (bodies cut short)",
+                "hookDelivery",
+                {"200": _answer("The attempt.", _ref("HookDelivery")), **missing},
+            ),
+        },
+        hooks_rest.REDELIVER: {
+            "parameters": [account, hook, delivery],
+            "post": operation(
+                "Send an attempt's delivery again (same event_delivery)",
+                "redeliverHookDelivery",
+                {"204": done, **missing},
+            ),
+        },
+    }
+
+
+def _hook_input_schema(creating: bool) -> dict[str, Any]:
+    secret: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": list(subscriptions.SECRET_TYPES)},
+            "value": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": subscriptions.SECRET_MAX,
+                "description": "The key of each delivery's `event-signature` (hex HMAC-SHA1).",
+            },
+        },
+        "required": ["value"],
+        "additionalProperties": False,
+    }
+    config: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "url": {
+                "type": "string",
+                "maxLength": destinations.MAX_URL_LENGTH,
+                "description": (
+                    "An https URL whose host resolves to public addresses only (unless the "
+                    "server allows http or private networks)."
+                ),
+            },
+            "content_type": {"type": "string", "enum": list(subscriptions.CONTENT_TYPES)},
+            "secret": secret,
+        },
+        "required": ["url", "secret"] if creating else ["url"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {
+            "config": config,
+            "events": {
+                "type": "array",
+                "minItems": 1,
+                "items": {"type": "string", "enum": list(outbox.EVENTS)},
+            },
+            "active": {"type": "boolean", "default": True},
+        },
+        "required": ["config", "events"],
+        "additionalProperties": False,
+    }
+
+
+_TIME: Final = {"type": "string", "format": "date-time"}
+_DELIVERY_SUMMARY: Final = {
+    "id": {"type": "string"},
+    "event_delivery": {"type": "string", "format": "uuid"},
+    "event": {"type": "string", "enum": [outbox.PING, *outbox.EVENTS]},
+    "order_id": {"type": ["string", "null"]},
+    "created_at": _TIME,
+    "status": {"type": "string", "enum": [outbox.DELIVERED, outbox.FAILED]},
+    "attempt": {"type": "integer", "minimum": 1},
+    "response_status": {"type": ["integer", "null"]},
+    "duration_ms": {"type": "integer", "minimum": 0},
+}
+_HEADERS: Final = {"type": "object", "additionalProperties": {"type": "string"}}
+_HOOK_SCHEMAS: Final = {
+    "HookSubscriptionCreate": _hook_input_schema(creating=True),
+    "HookSubscriptionUpdate": _hook_input_schema(creating=False),
+    "HookSubscription": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "account_id": {"type": "string"},
+            "config": {
+                "type": "object",
+                "properties": {
+                    "url": {"type": "string"},
+                    "content_type": {"type": "string"},
+                    "secret": {
+                        "type": "object",
+                        "properties": {"type": {"type": "string"}},
+                        "additionalProperties": False,
+                    },
+                },
+            },
+            "events": {"type": "array", "items": {"type": "string"}},
+            "active": {"type": "boolean"},
+            "created_at": _TIME,
+            "created_by": {"type": "string"},
+            "updated_at": _TIME,
+            "deactivated_at": _TIME,
+            "deactivated_reason": {"type": "string"},
+        },
+        "required": ["id", "config", "events", "active", "created_at", "updated_at"],
+    },
+    "HookDeliverySummary": {
+        "type": "object",
+        "properties": _DELIVERY_SUMMARY,
+        "required": list(_DELIVERY_SUMMARY),
+    },
+    "HookDelivery": {
+        "type": "object",
+        "properties": {
+            **_DELIVERY_SUMMARY,
+            "error": {"type": ["string", "null"]},
+            "request": {
+                "type": "object",
+                "properties": {"headers": _HEADERS, "body": {"type": "string"}},
+            },
+            "response": {
+                "type": ["object", "null"],
+                "properties": {
+                    "status": {"type": "integer"},
+                    "headers": _HEADERS,
+                    "body": {"type": ["string", "null"]},
+                },
+            },
+        },
+        "required": [*_DELIVERY_SUMMARY, "request", "response"],
+    },
+}
 
 
 def _create_operation() -> dict[str, Any]:

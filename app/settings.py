@@ -115,6 +115,19 @@ class Settings:
     metrics: bool = True
     metrics_token: str = dataclasses.field(default="", repr=False)
 
+    # Webhooks (app.hooks): whether this process delivers (the outbox is written either
+    # way); a receiver's time to answer; retries' first delay (doubling, with jitter) and how
+    # many attempts a delivery gets; requests in flight per hook; how often due deliveries
+    # are looked for besides the writer's signal; and the destinations allowed (SSRF).
+    webhook_delivery: bool = True
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 10.0
+    webhook_max_attempts: int = 12
+    webhook_concurrency_per_hook: int = 4
+    webhook_poll_interval_seconds: float = 1.0
+    webhook_allow_http: bool = False
+    webhook_allow_private_networks: bool = False
+
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
 
@@ -272,6 +285,9 @@ _POSITIVE = (
     "body_timeout_seconds",
     "rate_limit_store_timeout_seconds",
     "client_refresh_seconds",
+    "webhook_timeout_seconds",
+    "webhook_retry_base_seconds",
+    "webhook_poll_interval_seconds",
 )
 # Settings with a least value, and what the message adds to it.
 _MINIMUMS = {
@@ -296,4 +312,6 @@ _MINIMUMS = {
     "max_header_count": (10, ""),
     "max_connections": (0, " (0: no limit)"),
     "persisted_query_cache_bytes": (0, " (0: automatic persisted queries off)"),
+    "webhook_max_attempts": (1, ""),
+    "webhook_concurrency_per_hook": (1, ""),
 }

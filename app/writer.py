@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
@@ -22,6 +22,7 @@ from tortoise.transactions import in_transaction
 
 from app import idempotency, metrics, tracing
 from app.errors import Conflict
+from app.hooks import outbox
 from app.models import OrderEvent
 from app.records import (
     COLUMN_NAMES,
@@ -62,8 +63,16 @@ class EventWriter:
     for a batch to fill: an append that finds the writer idle starts a transaction at once.
     Each request still gets its answer only after its own event is committed."""
 
-    def __init__(self, publisher: Publisher | None = None, *, max_batch: int = MAX_BATCH):
+    def __init__(
+        self,
+        publisher: Publisher | None = None,
+        *,
+        max_batch: int = MAX_BATCH,
+        on_deliveries: Callable[[], None] | None = None,
+    ):
         self._publisher = publisher
+        # Told after a commit that wrote webhook deliveries (``app.hooks.outbox``).
+        self._on_deliveries = on_deliveries
         self._max_batch = max_batch
         # Each append's row, its answer, and its request's span (None while tracing is off).
         self._queue: list[tuple[PendingEvent, asyncio.Future[StoredEvent], Span | None]] = []
@@ -124,14 +133,21 @@ class EventWriter:
         finally:
             self._draining = None
 
+    def _delivered_to_outbox(self, deliveries: int) -> None:
+        """After a commit that wrote ``deliveries``: tells whoever delivers them."""
+        if deliveries and self._on_deliveries is not None:
+            self._on_deliveries()
+
     async def _append_batch(self, rows: list[PendingEvent]) -> list[StoredEvent]:
+        """Stores the rows, and their webhook deliveries with them."""
         created_at = datetime.now(UTC)
         for row in rows:
             row.created_at = created_at
         client = connections.get("default")
         if client.capabilities.dialect == "postgres":
             notify = None if self._publisher is None else self._publisher.notify_sql()
-            await _store_in_one_statement(client, rows, created_at, notify)
+            deliveries = await _store_in_one_statement(client, rows, created_at, notify)
+            self._delivered_to_outbox(deliveries)
             return [StoredEvent.from_row(row) for row in rows]
         async with in_transaction() as connection:
             by_account: dict[str, list[PendingEvent]] = defaultdict(list)
@@ -152,8 +168,10 @@ class EventWriter:
                     row.version = latest[order_key] - len(members) + 1 + offset
             stored = [StoredEvent.from_row(row) for row in rows]
             await _insert(connection, rows)
+            deliveries = await outbox.write_for_stored(connection, [row.event_id for row in rows])
             if self._publisher is not None:
                 await self._publisher.in_transaction(connection, stored)
+        self._delivered_to_outbox(deliveries)
         return stored
 
     async def _append_checked(
@@ -188,8 +206,10 @@ class EventWriter:
             if key is not None:
                 await idempotency.record_event(connection, key, row.seq)
             stored = StoredEvent.from_row(row)
+            deliveries = await outbox.write_for_stored(connection, [row.event_id])
             if self._publisher is not None:
                 await self._publisher.in_transaction(connection, [stored])
+        self._delivered_to_outbox(deliveries)
         return stored
 
 
@@ -222,13 +242,15 @@ def _one_statement(notify: str | None) -> str:
     which takes every account row of the batch, in account order) before ``orders`` takes
     its first row; then the order rows in (account, order) order. A test reads the plan.
     The rows and their notifications go in the batch's order, each event's version and
-    position counted from its head row's new value like ``_append_batch``'s other path."""
+    position counted from its head row's new value like ``_append_batch``'s other path.
+    ``hooked`` writes the events' webhook deliveries (``app.hooks.outbox``); every row
+    answered carries how many."""
     arrays = ", ".join(f"${i}::text[]" for i in range(1, len(GIVEN_COLUMNS) + 1))
     created_at = len(GIVEN_COLUMNS) + 1
     row_values = ", ".join(
         f"${created_at}::timestamptz" if name == "created_at" else name for name in COLUMN_NAMES
     )
-    selected = "event.version, event.position"
+    selected = "event.version, event.position, (SELECT count(*) FROM hooked)"
     source = "numbered"
     if notify is not None:
         selected += f", {notify}"
@@ -260,6 +282,8 @@ WITH given AS (
     INSERT INTO order_events ({COLUMNS})
     SELECT {row_values}
     FROM numbered ORDER BY n
+), hooked AS (
+    {outbox.insert_sql("postgres", "numbered", f"${created_at}::timestamptz")} RETURNING 1
 )
 SELECT {selected} FROM (SELECT * FROM {source} AS event ORDER BY n) AS event
 """  # noqa: S608 (no input in the text)
@@ -267,8 +291,9 @@ SELECT {selected} FROM (SELECT * FROM {source} AS event ORDER BY n) AS event
 
 async def _store_in_one_statement(
     client: BaseDBAsyncClient, rows: list[PendingEvent], created_at: datetime, notify: str | None
-) -> None:
-    """Stores a batch with ``_one_statement`` (PostgreSQL) and numbers its rows."""
+) -> int:
+    """Stores a batch with ``_one_statement`` (PostgreSQL) and numbers its rows; returns how
+    many webhook deliveries it wrote."""
     # One array per given column (the state is a str: asyncpg takes it as its text).
     params: list[object] = [[getattr(row, name) for row in rows] for name in GIVEN_COLUMNS]
     params.append(created_at)
@@ -278,6 +303,8 @@ async def _store_in_one_statement(
     for row, (version, position, *_) in zip(rows, numbers, strict=True):
         row.version = version
         row.position = position
+    # Every row carries the batch's count of deliveries.
+    return int(numbers[0][2]) if numbers else 0
 
 
 async def _bump_position(connection: BaseDBAsyncClient, account_id: str, count: int) -> int:

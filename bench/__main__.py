@@ -7,6 +7,8 @@ Every figure stands next to its baseline from the same run:
   fanout   one event to 1,000 subscribers (--fanout-large N for more): commit-to-receipt
            p50/p99; memory per idle subscription
   workers  PostgreSQL writes with 1 vs 2 worker processes; delivery across workers
+  hooks    webhooks: writes with one active hook vs none; deliveries/s of a backlog;
+           created->receipt p50/p99 (bench/hooks.py)
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from typing import Any
 
 from app.auth import LocalIssuer
 from app.settings import Settings
-from bench import fanout, harness, http, load
+from bench import fanout, harness, hooks, http, load
 from tests.servers import SERVED_PROTOCOL, WEBSOCKET_PROTOCOLS
 
-SECTIONS = ("http", "growth", "fanout", "workers")
+SECTIONS = ("http", "growth", "fanout", "workers", "hooks")
 
 
 def main(argv: list[str]) -> int:
@@ -108,9 +110,20 @@ def main(argv: list[str]) -> int:
             _save(args.json, report)
         if "workers" in args.only and "postgres" in args.databases:
             report["workers"] = http.workers(workdir, token, seconds, args.connections)
+            _save(args.json, report)
+        if "hooks" in args.only:
+            report["hooks"] = hooks.measure(
+                args.databases,
+                workdir,
+                quick=args.quick,
+                tiny=args.tiny,
+                connections=args.connections,
+            )
     report["seconds"] = round(time.monotonic() - started, 1)
     _save(args.json, report)
     print(render(report))
+    if "hooks" in report:
+        print(hooks.render(report["hooks"]))
     print(f"\nfigures written to {args.json}")
     return 0
 

@@ -25,6 +25,7 @@ from tortoise.connection import get_connection
 
 from app.auth import LocalIssuer
 from app.db import apply_migrations
+from app.hooks.dispatcher import Dispatcher
 from app.main import create_app
 from app.settings import Settings
 from tests.pgcluster import (
@@ -141,6 +142,8 @@ def settings(database_url: str, data_dir: Path) -> Settings:
         graphiql=False,
         rate_limit_per_second=0,
         token_attempts_per_second=0,
+        # Webhook tests run dispatchers of their own, with settings of their own.
+        webhook_delivery=False,
     )
 
 
@@ -157,7 +160,15 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
         yield application
 
 
-TABLES = ("order_events", "order_streams", "account_streams", "idempotency_keys")
+TABLES = (
+    "order_events",
+    "order_streams",
+    "account_streams",
+    "idempotency_keys",
+    "hooks",
+    "hook_deliveries",
+    "hook_attempts",
+)
 
 
 async def _empty_tables() -> None:
@@ -306,3 +317,36 @@ def own_postgres() -> Iterator[Cluster]:
         pytest.skip(str(error))
     with own_cluster() as cluster:
         yield cluster
+
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+async def dispatching(
+    client: GraphQLClient, app: Starlette, other_settings: Callable[..., Settings]
+) -> AsyncIterator[Start]:
+    """``await dispatching(**settings)``: a dispatcher of its own running in this process,
+    rung by the app's writer; tiny retry delays and loopback receivers allowed by default."""
+    started: list[Dispatcher] = []
+
+    async def start(**changes: Any) -> Dispatcher:
+        settings = other_settings(
+            **{
+                "webhook_delivery": True,
+                "webhook_allow_http": True,
+                "webhook_allow_private_networks": True,
+                "webhook_retry_base_seconds": 0.02,
+                "webhook_poll_interval_seconds": 0.02,
+                "webhook_timeout_seconds": 5.0,
+                **changes,
+            }
+        )
+        dispatcher = Dispatcher(settings, app.state.doorbell)
+        await dispatcher.start()
+        started.append(dispatcher)
+        return dispatcher
+
+    yield start
+    for dispatcher in started:
+        await dispatcher.stop()

@@ -87,6 +87,13 @@ def test_quick_run_reports_every_figure(wrk: None, tmp_path: Path) -> None:
         assert fanout["server_cpu_us_per_subscription"] > 0
     assert report["workers"]["cross_worker_delivery"]["all_received_in_order"] is True
     assert report["workers"]["ratio_2_to_1"] > 0
+    for hooked in report["hooks"]["write"]:
+        assert hooked["delivered"] == hooked["written_with_hook"] > 0
+        assert hooked["write_ratio"] > 0
+    for backlog in report["hooks"]["backlog"]:
+        assert backlog["delivered"] == backlog["events"]
+    for latency in report["hooks"]["latency"]:
+        assert latency["delivered"] == latency["events"]
     assert "requests/s" in run.stdout  # the table
 
 

@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
 
 from app import oauth, rest
 from app.auth import LocalIssuer
+from app.hooks import rest as hooks_rest
 from app.openapi import PATH, document
 from app.settings import Settings
 from tests.helpers import ACCOUNT
@@ -34,7 +35,20 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-OPERATIONS = [(rest.PATH, "POST"), (rest.PATH, "GET"), (oauth.PATH, "POST")]
+OPERATIONS = [
+    (rest.PATH, "POST"),
+    (rest.PATH, "GET"),
+    (oauth.PATH, "POST"),
+    (hooks_rest.BASE, "POST"),
+    (hooks_rest.BASE, "GET"),
+    (hooks_rest.HOOK, "GET"),
+    (hooks_rest.HOOK, "PUT"),
+    (hooks_rest.HOOK, "DELETE"),
+    (hooks_rest.PING, "POST"),
+    (hooks_rest.DELIVERIES, "GET"),
+    (hooks_rest.DELIVERY, "GET"),
+    (hooks_rest.REDELIVER, "POST"),
+]
 EXAMPLES = 12
 
 
@@ -43,7 +57,8 @@ def server(
     server_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     log: Path = tmp_path_factory.mktemp("openapi") / "server.log"
-    running = start_server(server_env, log)
+    # Hooks the fuzzing creates are never delivered to: their addresses are made up.
+    running = start_server({**server_env, "WEBHOOK_DELIVERY": "false"}, log)
     try:
         yield running
     finally:
@@ -55,7 +70,16 @@ def test_the_document_is_served_and_names_the_server(server: Server, settings: S
 
     assert served.status_code == 200
     assert served.json() == document(settings)
-    assert set(served.json()["paths"]) == {rest.PATH, oauth.PATH}
+    assert set(served.json()["paths"]) == {
+        rest.PATH,
+        oauth.PATH,
+        hooks_rest.BASE,
+        hooks_rest.HOOK,
+        hooks_rest.PING,
+        hooks_rest.DELIVERIES,
+        hooks_rest.DELIVERY,
+        hooks_rest.REDELIVER,
+    }
 
 
 def test_without_the_local_issuer_get_token_is_left_out(settings: Settings) -> None:
@@ -70,7 +94,10 @@ def test_real_answers_match_the_document(
     server: Server, issuer: LocalIssuer, path: str, method: str, account: str | None
 ) -> None:
     token = issuer.mint(
-        account_id=ACCOUNT, scope="write:shopping read:shopping", subject="fuzz", ttl_seconds=600
+        account_id=ACCOUNT,
+        scope="write:shopping read:shopping write:hooks read:hooks",
+        subject="fuzz",
+        ttl_seconds=600,
     )
     schema = schemathesis.openapi.from_url(f"{server.url}{PATH}")
     # The token's own account, so that requests get past authorization; or any account.

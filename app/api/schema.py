@@ -1,4 +1,5 @@
-"""The GraphQL schema: one query and one mutation over the order-event service."""
+"""The GraphQL schema: the order-event service's query, mutation and subscription, and the
+webhooks' fields (``app.api.hooks``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from app.api import operations
 from app.api.access import OperationName
 from app.api.context import Context
 from app.api.errors import ErrorCodes
+from app.api.hooks import HookMutations, HookQueries
 from app.api.limits import OperationLimits
 from app.api.types import OrderEventCollection, OrderEventInput, OrderStatusEvent
 from app.validation import read_float
@@ -49,7 +51,7 @@ OrderId = Annotated[
 
 
 @strawberry.type
-class Query:
+class Query(HookQueries):
     @strawberry.field(
         description=(
             "One page of an order's events in version order, with the order's combined "
@@ -77,7 +79,7 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(HookMutations):
     @strawberry.mutation(
         description=(
             "Append a status event to an order's stream. The order's stream starts with its "

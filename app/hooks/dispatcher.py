@@ -1,0 +1,470 @@
+"""The delivery engine: claims due deliveries from the outbox, POSTs them, records each
+attempt, retries with backoff, and deactivates a hook that fails for long enough.
+
+- **Claims.** A delivery is due when it is pending, its ``next_attempt_at`` has come, nobody
+  holds its lease, its hook is active, and every earlier version of its order for the same
+  hook was delivered: so version n+1 of an order is never sent before version n was received
+  (an order's deliveries go one at a time; other orders and hooks go on beside it). A claim
+  takes a lease (``lease_until``, ``lease_owner``) in one statement; on PostgreSQL its rows
+  are picked ``FOR UPDATE SKIP LOCKED`` and the lease is checked again as the row is updated,
+  so two processes never claim one delivery, and a delivery whose process died is taken by
+  another once its lease has expired. Results are written only under the claim's own lease.
+- **Bounds.** At most ``WEBHOOK_CONCURRENCY_PER_HOOK`` requests in flight per hook in a
+  process, and ``MAX_IN_FLIGHT`` in all: a slow or dead receiver holds up its own
+  deliveries only.
+- **Wake-up.** The writer rings the ``Doorbell`` after a commit that wrote deliveries; a
+  finished attempt rings it too (the order's next version may be due); and every
+  ``WEBHOOK_POLL_INTERVAL_SECONDS`` the outbox is looked at anyway (retries coming due, and
+  deliveries written by other processes).
+- **Failures.** Only a 2xx within ``WEBHOOK_TIMEOUT_SECONDS`` counts. After the n-th failed
+  attempt the next comes ``retry_delay(n)`` later; after ``WEBHOOK_MAX_ATTEMPTS`` the
+  delivery is failed (its order's later versions wait behind it), and if the hook has not
+  delivered anything since that delivery's first attempt, the hook is deactivated, saying
+  why. Reactivating it (or redelivering) puts its failed deliveries back in line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import httpx
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.connection import get_connection
+from tortoise.transactions import in_transaction
+
+from app import rest
+from app.encoding import encode_json
+from app.hooks import destinations, outbox
+from app.hooks.outbox import now_ms
+from app.models import Hook, HookAttempt, HookDelivery, OrderEvent
+from app.records import StoredEvent
+from app.settings import Settings
+from app.sql import placeholders
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT: Final = "order-events-hooks/1"
+# Requests in flight per process, all hooks together.
+MAX_IN_FLIGHT: Final = 200
+# How much of a request's and a response's body the attempts log keeps.
+LOGGED_BODY_BYTES: Final = 4096
+# A claim's lease outlives the attempt's timeout by this much.
+LEASE_MARGIN_SECONDS: Final = 10.0
+# Rows a claim looks at (and on PostgreSQL locks, which writes each row) per request it may
+# start on one hook: hooks that are full are passed over before, so few rows serve.
+CANDIDATES_PER_REQUEST: Final = 4
+
+
+class Doorbell:
+    """Rung when deliveries may be due; the dispatcher waits on it."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ring(self) -> None:
+        self._event.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until rung, or ``seconds`` at most."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
+        self._event.clear()
+
+
+def retry_delay(failed_attempts: int, base: float, rng: random.Random | None = None) -> float:
+    """Seconds before the next attempt after ``failed_attempts`` failures: ``base`` doubled
+    each time, of which a random half is taken off (so that many deliveries failing together
+    do not come back together)."""
+    full = base * 2.0 ** (failed_attempts - 1)
+    jitter: float = (rng.uniform if rng else random.uniform)(0, full / 2)
+    return full / 2 + jitter
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The ``event-signature`` header: hex HMAC-SHA1 of the raw body with the secret."""
+    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+@dataclass(frozen=True)
+class Claim:
+    id: int
+    event_delivery: str
+    hook_id: int
+    account_id: str
+    event: str
+    order_id: str | None
+    version: int | None
+    event_id: str | None
+    attempts: int
+    first_attempt_at: int | None
+    owner: str
+
+
+_RETURNED: Final = (
+    "id, event_delivery, hook_id, account_id, event, order_id, version, event_id, attempts,"
+    " first_attempt_at"
+)
+
+
+def claim_sql(dialect: str, per_hook: int, busy: dict[int, int], candidates: int) -> str:
+    """The statement that leases due deliveries: at most ``per_hook`` per hook less those
+    in flight here (``busy``: hook id → requests in flight), at most ``candidates`` in all.
+    Parameters: lease_until, owner, now, now. Numbers are written in as integers.
+
+    The candidates are read in the order they fell due, from the partial index, stopping at
+    ``candidates``. On PostgreSQL they are locked as they are read (``SKIP LOCKED``), which
+    checks the lease again on the row's latest version: a row another process leased in
+    the meantime is not taken. The rows are then updated by id."""
+    lock = " FOR UPDATE OF delivery SKIP LOCKED" if dialect == "postgres" else ""
+    full = [hook for hook, used in busy.items() if used >= per_hook]
+    skip_full = f" AND delivery.hook_id NOT IN ({', '.join(map(str, full))})" if full else ""
+    # No WHEN at all is not SQL: a hook id never used (0) stands in.
+    busy_cases = " ".join(f"WHEN {int(hook)} THEN {int(n)}" for hook, n in busy.items()) or (
+        "WHEN 0 THEN 0"
+    )
+    return (
+        "UPDATE hook_deliveries SET lease_until = ?, lease_owner = ?"  # noqa: S608
+        " FROM ("
+        "  SELECT due.id AS chosen_id,"
+        "   row_number() OVER (PARTITION BY due.hook_id ORDER BY due.n) AS turn"
+        "  FROM ("
+        "   SELECT delivery.id, delivery.hook_id,"
+        "    row_number() OVER (ORDER BY delivery.next_attempt_at, delivery.id) AS n"
+        "   FROM ("
+        "    SELECT delivery.id, delivery.hook_id, delivery.next_attempt_at"
+        "    FROM hook_deliveries AS delivery"
+        "    JOIN hooks AS hook ON hook.id = delivery.hook_id AND hook.active"
+        f"    WHERE delivery.status = '{outbox.PENDING}' AND delivery.next_attempt_at <= ?"
+        "    AND (delivery.lease_until IS NULL OR delivery.lease_until < ?)"
+        f"{skip_full}"
+        "    AND NOT EXISTS (SELECT 1 FROM hook_deliveries AS earlier"
+        "     WHERE earlier.hook_id = delivery.hook_id AND earlier.order_id = delivery.order_id"
+        f"     AND earlier.version < delivery.version AND earlier.status <> '{outbox.DELIVERED}')"
+        "    ORDER BY delivery.next_attempt_at, delivery.id"
+        f"    LIMIT {int(candidates)}{lock}"
+        "   ) AS delivery"
+        "  ) AS due"
+        " ) AS chosen"
+        f" WHERE hook_deliveries.id = chosen.chosen_id AND chosen.turn <= {int(per_hook)} - "
+        f"(CASE hook_deliveries.hook_id {busy_cases} ELSE 0 END)"
+        f" RETURNING {_RETURNED}"
+    )
+
+
+class Dispatcher:
+    """Delivers the outbox, in this process, until stopped."""
+
+    def __init__(self, settings: Settings, doorbell: Doorbell) -> None:
+        self.settings = settings
+        self.doorbell = doorbell
+        self._in_flight: Counter[int] = Counter()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._outcomes = Outcomes(settings)
+
+    async def start(self) -> None:
+        self._http = destinations.client(
+            allow_private=self.settings.webhook_allow_private_networks,
+            timeout=self.settings.webhook_timeout_seconds,
+            max_connections=MAX_IN_FLIGHT,
+        )
+        connection = get_connection("default")
+        if connection.capabilities.dialect == "sqlite":
+            # One process serves a SQLite database: a lease still held is a dead process's.
+            with contextlib.suppress(Exception):
+                await HookDelivery.filter(lease_owner__isnull=False).update(
+                    lease_until=None, lease_owner=None
+                )
+        self._runner = asyncio.create_task(self._run(), name="hook-dispatcher")
+
+    async def stop(self) -> None:
+        tasks = [task for task in (self._runner, *self._tasks) if task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Outcomes already on their way are committed (what is not is sent again later).
+        await self._outcomes.flush()
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                claimed = await self.claim()
+            except Exception as error:
+                logger.warning("could not claim webhook deliveries: %s", error)
+                claimed = []
+            for claim in claimed:
+                self._in_flight[claim.hook_id] += 1
+                task = asyncio.create_task(self._deliver(claim))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if not claimed or sum(self._in_flight.values()) >= MAX_IN_FLIGHT:
+                await self.doorbell.wait(self.settings.webhook_poll_interval_seconds)
+
+    async def claim(self) -> list[Claim]:
+        """Leases the due deliveries this process has room for."""
+        room = MAX_IN_FLIGHT - sum(self._in_flight.values())
+        if room <= 0:
+            return []
+        connection = get_connection("default")
+        busy = {hook: n for hook, n in self._in_flight.items() if n}
+        sql = claim_sql(
+            connection.capabilities.dialect,
+            self.settings.webhook_concurrency_per_hook,
+            busy,
+            min(room, CANDIDATES_PER_REQUEST * self.settings.webhook_concurrency_per_hook),
+        )
+        owner = str(uuid.uuid4())
+        now = now_ms()
+        lease = now + int((self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS) * 1000)
+        rows = await connection.execute_query_dict(
+            placeholders(connection, sql), [lease, owner, now, now]
+        )
+        return [Claim(**row, owner=owner) for row in rows]
+
+    async def _deliver(self, claim: Claim) -> None:
+        """Sends, then records: the hook's slot is free once its request is answered (the
+        bound is on requests in flight), while the lease holds the delivery, and its order's
+        next version, until the outcome is committed."""
+        outcome = None
+        try:
+            outcome = await self.attempt(claim)
+        except Exception:
+            logger.exception("webhook delivery %s failed unexpectedly", claim.event_delivery)
+        finally:
+            self._in_flight[claim.hook_id] -= 1
+            if not self._in_flight[claim.hook_id]:
+                del self._in_flight[claim.hook_id]
+            self.doorbell.ring()
+        if outcome is None:
+            return
+        try:
+            await self._outcomes.record(outcome)
+        except Exception:
+            logger.exception("webhook delivery %s not recorded", claim.event_delivery)
+        self.doorbell.ring()  # its order's next version may be due
+
+    async def attempt(self, claim: Claim) -> Outcome | None:
+        """One POST of a claimed delivery; its outcome, to be recorded (None when its hook
+        was deleted meanwhile)."""
+        assert self._http is not None
+        hook = await Hook.get_or_none(id=claim.hook_id)
+        if hook is None:
+            return None  # deleted meanwhile, with its deliveries
+        body = await self.body(claim)
+        headers = {
+            "content-type": hook.content_type,
+            "user-agent": USER_AGENT,
+            "event": claim.event,
+            "event-delivery": claim.event_delivery,
+            "event-signature": signature(hook.secret, body),
+        }
+        started = time.perf_counter()
+        attempted_at = now_ms()
+        status: int | None = None
+        answer_headers: dict[str, str] | None = None
+        answer_body: bytes | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
+                request = self._http.build_request("POST", hook.url, content=body, headers=headers)
+                response = await self._http.send(request, stream=True)
+                try:
+                    status = response.status_code
+                    answer_headers = dict(response.headers)
+                    answer_body = await _read_some(response, LOGGED_BODY_BYTES)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            if status is None:
+                error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
+        except httpx.HTTPError as failed:
+            error = f"{type(failed).__name__}: {failed}" if str(failed) else type(failed).__name__
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        delivered = status is not None and 200 <= status < 300
+        if status is not None and not delivered and error is None:
+            error = f"answered {status}; only a 2xx counts"
+        return Outcome(
+            claim,
+            delivered=delivered,
+            attempted_at=attempted_at,
+            log={
+                "attempt_id": str(uuid.uuid4()),
+                "delivery_id": claim.id,
+                "hook_id": claim.hook_id,
+                "attempt": claim.attempts + 1,
+                "created_at": datetime.fromtimestamp(attempted_at / 1000, UTC),
+                "status": outbox.DELIVERED if delivered else outbox.FAILED,
+                "response_status": status,
+                "duration_ms": duration_ms,
+                "request_headers": json.dumps(headers),
+                "request_body": _shown(body),
+                "response_headers": None if answer_headers is None else json.dumps(answer_headers),
+                "response_body": None if answer_body is None else _shown(answer_body),
+                "error": error,
+            },
+        )
+
+    async def body(self, claim: Claim) -> bytes:
+        """The POST's body: ``order_event`` is the event as the REST endpoint gives it."""
+        payload: dict[str, Any] = {
+            "account_id": claim.account_id,
+            "event": claim.event,
+            "event_delivery": claim.event_delivery,
+        }
+        if claim.event == outbox.PING:
+            hook = await Hook.get(id=claim.hook_id)
+            payload["hook_id"] = hook.hook_id
+            return encode_json(payload)
+        row = await OrderEvent.get(event_id=claim.event_id)
+        payload["order_id"] = claim.order_id
+        payload["order_event"] = rest.event_body(
+            StoredEvent.from_row(row), self.settings.public_url
+        )
+        return encode_json(payload)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt went, to be recorded."""
+
+    claim: Claim
+    delivered: bool
+    attempted_at: int
+    log: dict[str, Any]
+
+
+class Outcomes:
+    """Records attempts' outcomes, group-committed like the writer's events: the outcomes
+    that arrive while one transaction commits are written by the next, in one commit (on
+    SQLite, one fsync for many deliveries instead of one each). Each ``record`` returns once
+    its own outcome is committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._queue: list[tuple[Outcome, asyncio.Future[None]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def record(self, outcome: Outcome) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((outcome, future))
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        await asyncio.shield(future)
+
+    async def flush(self) -> None:
+        """Waits until the outcomes queued are committed (or failed)."""
+        if self._draining is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._draining)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    async with in_transaction() as connection:
+                        for outcome, _ in batch:
+                            await self._record(connection, outcome)
+                except Exception as error:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._draining = None
+
+    async def _record(self, connection: BaseDBAsyncClient, outcome: Outcome) -> None:
+        """The attempt's outcome, under the claim's lease: the delivery delivered, retried
+        later or failed, counted from its row's attempts (which a reactivation of the hook
+        may have reset meanwhile); the attempt logged; the hook's failing streak, and its
+        deactivation."""
+        claim, delivered, attempted_at, log = (
+            outcome.claim,
+            outcome.delivered,
+            outcome.attempted_at,
+            outcome.log,
+        )
+        delay = retry_delay(claim.attempts + 1, self.settings.webhook_retry_base_seconds)
+        rows = await connection.execute_query_dict(
+            placeholders(connection, _RECORD_SQL),
+            [
+                attempted_at,
+                1 if delivered else 0,
+                self.settings.webhook_max_attempts,
+                now_ms() + int(delay * 1000),
+                claim.id,
+                claim.owner,
+            ],
+        )
+        if not rows and not await HookDelivery.filter(id=claim.id).using_db(connection).exists():
+            return  # its hook was deleted meanwhile
+        await HookAttempt.create(using_db=connection, **log)
+
+        def hook(**conditions: Any) -> Any:
+            return Hook.filter(id=claim.hook_id, **conditions).using_db(connection)
+
+        if delivered:
+            await hook(failing_since__isnull=False).update(failing_since=None)
+            return
+        await hook(failing_since__isnull=True).update(failing_since=attempted_at)
+        if rows and rows[0]["status"] == outbox.FAILED:
+            reason = (
+                f"deactivated: delivery {claim.event_delivery} failed all "
+                f"{rows[0]['attempts']} attempts, and nothing was delivered since its "
+                f"first ({log['error']})"
+            )
+            # Only if nothing was delivered since this delivery first failed.
+            await hook(active=True, failing_since__lte=rows[0]["first_attempt_at"]).update(
+                active=False,
+                deactivated_at=datetime.now(UTC),
+                deactivated_reason=reason,
+            )
+
+
+# An attempt's outcome (``Outcomes._record``). SET reads the row as it was: ``attempts + 1``
+# is this attempt's number. Parameters: attempted_at, delivered (1 or 0), max attempts,
+# next_attempt_at, id, lease owner.
+_RECORD_SQL: Final = (
+    "UPDATE hook_deliveries SET attempts = attempts + 1,"  # noqa: S608 (no input in the text)
+    " first_attempt_at = COALESCE(first_attempt_at, ?),"
+    f" status = CASE WHEN ? = 1 THEN '{outbox.DELIVERED}'"
+    f" WHEN attempts + 1 >= ? THEN '{outbox.FAILED}' ELSE '{outbox.PENDING}' END,"
+    " next_attempt_at = ?, lease_until = NULL, lease_owner = NULL"
+    " WHERE id = ? AND lease_owner = ?"
+    " RETURNING attempts, status, first_attempt_at"
+)
+
+
+async def _read_some(response: httpx.Response, limit: int) -> bytes:
+    """Up to ``limit`` bytes of the response's body: a receiver may answer without end."""
+    read = bytearray()
+    async for chunk in response.aiter_raw():
+        read.extend(chunk)
+        if len(read) >= limit:
+            break
+    return bytes(read[:limit])
+
+
+def _shown(body: bytes) -> str:
+    """A body as the attempts log keeps it: its first ``LOGGED_BODY_BYTES`` as text."""
+    return body[:LOGGED_BODY_BYTES].decode("utf-8", "replace")

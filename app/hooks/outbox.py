@@ -1,0 +1,91 @@
+"""The outbox: an event's deliveries, one per active hook of its account, written by the
+writer in the transaction that stores the event (``app.writer``). An acknowledged event thus
+always has its deliveries, whatever happens to the process after the commit.
+
+The rows are written by one ``INSERT … SELECT`` from the hooks table: for an account without
+active hooks it finds nothing and writes nothing (an index probe of ``hooks_account``), and it
+is right for every process at once, with no cache to keep fresh.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from typing import Final
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+
+from app.sql import placeholders
+
+# The events a hook may subscribe to (Dintero's name) and the one sent to test a hook.
+ORDER_EVENT_ADD: Final = "shopping_order_event_add"
+PING: Final = "ping"
+EVENTS: Final = (ORDER_EVENT_ADD,)
+
+# A delivery's states: still to make (or being made), received, given up on.
+PENDING: Final = "pending"
+DELIVERED: Final = "delivered"
+FAILED: Final = "failed"
+
+# A random UUID v4 as text, made by the database for each row.
+_UUID: Final = {
+    "postgres": "gen_random_uuid()::text",
+    "sqlite": (
+        "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4'"
+        " || substr(lower(hex(randomblob(2))), 2) || '-'"
+        " || substr('89ab', 1 + (abs(random()) % 4), 1) || substr(lower(hex(randomblob(2))), 2)"
+        " || '-' || lower(hex(randomblob(6)))"
+    ),
+}
+# Now, in Unix milliseconds (a delivery's ``next_attempt_at``: due from its creation on, so
+# that due deliveries are taken in the order they fell due).
+NOW_MS: Final = {
+    "postgres": "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+    "sqlite": "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+}
+
+
+def now_ms() -> int:
+    """Now in Unix milliseconds, as the deliveries' times are kept."""
+    return int(time.time() * 1000)
+
+
+COLUMNS: Final = (
+    "event_delivery, hook_id, account_id, event, order_id, version, event_id, status,"
+    " attempts, next_attempt_at, created_at"
+)
+
+
+def insert_sql(dialect: str, source: str, created_at: str, where: str = "") -> str:
+    """``INSERT … SELECT`` of the deliveries of the events in ``source`` (a table or CTE
+    aliased ``event``, with the columns ``account_id``, ``order_id``, ``version`` and
+    ``event_id``), one for each active hook of the event's account; ``created_at`` is the
+    SQL of their creation time. Due at once."""
+    return (
+        f"INSERT INTO hook_deliveries ({COLUMNS}) "  # noqa: S608 (no input in the text)
+        f"SELECT {_UUID[dialect]}, hook.id, event.account_id, '{ORDER_EVENT_ADD}',"
+        f" event.order_id, event.version, event.event_id, '{PENDING}', 0, {NOW_MS[dialect]},"
+        f" {created_at}"
+        f" FROM {source} AS event"
+        " JOIN hooks AS hook ON hook.account_id = event.account_id AND hook.active"
+        f"{where} ORDER BY event.account_id, event.order_id, event.version"
+    )
+
+
+@functools.cache
+def _for_stored_sql(dialect: str, count: int) -> str:
+    ids = ", ".join("?" * count)
+    return (
+        insert_sql(dialect, "order_events", "event.created_at", f" WHERE event.event_id IN ({ids})")
+        + " RETURNING 1"
+    )
+
+
+async def write_for_stored(connection: BaseDBAsyncClient, event_ids: Sequence[str]) -> int:
+    """Writes the deliveries of events already inserted in ``connection``'s transaction;
+    returns how many."""
+    dialect = connection.capabilities.dialect
+    sql = placeholders(connection, _for_stored_sql(dialect, len(event_ids)))
+    _, rows = await connection.execute_query(sql, list(event_ids))
+    return len(rows)

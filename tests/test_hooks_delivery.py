@@ -1,0 +1,220 @@
+"""Delivering webhooks (app.hooks.dispatcher) to a real receiver on loopback: the body and its
+signature, version order under failures, retries, deactivation, the attempts log and
+destinations refused at delivery time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import uuid
+from itertools import pairwise
+
+from app.hooks.dispatcher import retry_delay
+from app.models import Hook, HookAttempt, HookDelivery
+from tests.conftest import GraphQLClient, Start
+from tests.helpers import ACCOUNT, ORDER, created, eventually
+from tests.receiver import Received, add_hook, receiving
+
+
+def version_of(received: Received) -> int:
+    version: int = received.json["order_event"]["version"]
+    return version
+
+
+async def test_a_delivery_is_the_rest_event_signed_with_the_hooks_secret(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    async with receiving() as receiver:
+        await add_hook(url=receiver.url, secret="a secret of the merchant")
+        await dispatching()
+
+        event = await created(client, description="food prepared")
+        (received,) = await receiver.wait_for(lambda log: len(log) == 1)
+
+    rest = await client.http.get(
+        f"/v1/accounts/{ACCOUNT}/shopping/orders/{ORDER}/events",
+        headers={"authorization": f"Bearer {client.default_token}"},
+    )
+    body = received.json
+    assert list(body) == ["account_id", "event", "event_delivery", "order_id", "order_event"]
+    assert (body["account_id"], body["event"], body["order_id"]) == (
+        ACCOUNT,
+        "shopping_order_event_add",
+        ORDER,
+    )
+    assert body["order_event"] == rest.json()["events"][0]
+    assert body["order_event"]["id"] == event["id"]
+    headers = received.headers
+    assert headers["event"] == "shopping_order_event_add"
+    assert (
+        headers["event-delivery"]
+        == body["event_delivery"]
+        == str(uuid.UUID(body["event_delivery"]))
+    )
+    expected = hmac.new(b"a secret of the merchant", received.body, hashlib.sha1).hexdigest()
+    assert headers["event-signature"] == expected
+    assert headers["content-type"] == "application/json"
+    assert headers["user-agent"].startswith("order-events-hooks/")
+
+
+async def test_version_n_plus_1_waits_until_version_n_was_received(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    def fail_version_2_three_times(received: Received, log: list[Received]) -> int:
+        tries = [r for r in log if version_of(r) == 2]
+        return 500 if version_of(received) == 2 and len(tries) <= 3 else 200
+
+    async with receiving(answer=fail_version_2_three_times) as receiver:
+        await add_hook(url=receiver.url)
+        for _ in range(3):
+            await created(client)
+        await dispatching()
+
+        log = await receiver.wait_for(lambda log: any(version_of(r) == 3 for r in log))
+
+    assert [version_of(r) for r in log] == [1, 2, 2, 2, 2, 3]
+
+
+async def test_a_failing_order_holds_up_neither_other_orders_nor_other_hooks(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    def fail_order_a(received: Received, log: list[Received]) -> int:
+        return 500 if received.json["order_id"] == "order-a" else 200
+
+    async with receiving(answer=fail_order_a) as failing, receiving() as healthy:
+        await add_hook(url=failing.url)
+        await add_hook(url=healthy.url)
+        await dispatching(webhook_retry_base_seconds=60)
+        await created(client, "order-a")
+        await created(client, "order-b")
+        await created(client, "order-b")
+
+        await failing.wait_for(lambda log: [r.json["order_id"] for r in log].count("order-b") == 2)
+        await healthy.wait_for(lambda log: len(log) == 3)
+
+    assert [r.json["order_id"] for r in failing.log].count("order-a") == 1  # then retried later
+
+
+async def test_retries_back_off_from_the_base_delay(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    def fail_twice(received: Received, log: list[Received]) -> int:
+        return 503 if len(log) <= 2 else 204
+
+    async with receiving(answer=fail_twice) as receiver:
+        await add_hook(url=receiver.url)
+        await dispatching(webhook_retry_base_seconds=0.2)
+        await created(client)
+        log = await receiver.wait_for(lambda log: len(log) == 3)
+
+    assert len({r.headers["event-delivery"] for r in log}) == 1
+    (delivery,) = await HookDelivery.all()
+    await eventually(lambda: _status_of(delivery.id, "delivered"), "the delivery recorded")
+    attempts = await HookAttempt.all().order_by("id")
+    assert [(a.attempt, a.status, a.response_status) for a in attempts] == [
+        (1, "failed", 503),
+        (2, "failed", 503),
+        (3, "delivered", 204),
+    ]
+    # Each wait at least the smallest the schedule allows: half of base * 2^(n-1).
+    gaps = [(b.created_at - a.created_at).total_seconds() for a, b in pairwise(attempts)]
+    assert gaps[0] >= 0.1 - 0.01
+    assert gaps[1] >= 0.2 - 0.01
+
+
+async def _status_of(delivery_id: int, status: str) -> bool:
+    row = await HookDelivery.get(id=delivery_id)
+    return row.status == status
+
+
+def test_retry_delays_double_with_up_to_half_taken_off_at_random() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 10):
+        full = 10 * 2 ** (attempt - 1)
+        delays = [retry_delay(attempt, 10, rng) for _ in range(200)]
+        assert all(full / 2 <= delay <= full for delay in delays)
+        assert max(delays) - min(delays) > full / 4  # jittered, not fixed
+
+
+async def test_a_hook_failing_every_attempt_is_deactivated_saying_why(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    async with receiving(answer=lambda received, log: 500) as receiver:
+        hook = await add_hook(url=receiver.url)
+        await dispatching(webhook_max_attempts=3)
+        await created(client)
+        await receiver.wait_for(lambda log: len(log) == 3)
+        await eventually(lambda: _inactive(hook.id), "the hook deactivated")
+
+        await created(client)
+
+    hook = await Hook.get(id=hook.id)
+    assert hook.deactivated_reason is not None
+    assert "failed all 3 attempts" in hook.deactivated_reason
+    assert "answered 500" in hook.deactivated_reason
+    assert len(receiver.log) == 3
+    # Deliveries are written for active hooks only.
+    assert await HookDelivery.all().count() == 1
+
+
+async def _inactive(hook_id: int) -> bool:
+    return not (await Hook.get(id=hook_id)).active
+
+
+async def test_a_hook_that_also_delivers_is_not_deactivated(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    def fail_order_a(received: Received, log: list[Received]) -> int:
+        return 500 if received.json["order_id"] == "order-a" else 200
+
+    async with receiving(answer=fail_order_a) as receiver:
+        hook = await add_hook(url=receiver.url)
+        await dispatching(webhook_max_attempts=3, webhook_retry_base_seconds=0.1)
+        await created(client, "order-a")
+        await receiver.wait_for(lambda log: len(log) == 1)
+        await created(client, "order-b")
+        await eventually(
+            lambda: HookDelivery.filter(order_id="order-a", status="failed").exists(),
+            "order-a's delivery given up",
+        )
+
+    assert (await Hook.get(id=hook.id)).active
+
+
+async def test_each_attempt_is_logged_with_request_and_response(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    async with receiving() as receiver:
+        hook = await add_hook(url=receiver.url)
+        await dispatching()
+        await created(client)
+        (received,) = await receiver.wait_for(lambda log: len(log) == 1)
+        await eventually(lambda: HookAttempt.exists(), "the attempt logged")
+
+    (attempt,) = await HookAttempt.all()
+    assert (attempt.hook_id, attempt.attempt, attempt.status) == (hook.id, 1, "delivered")
+    assert (attempt.response_status, attempt.response_body) == (200, "thanks")
+    assert attempt.request_body == received.body.decode()
+    assert attempt.duration_ms >= 0
+    assert attempt.error is None
+
+
+async def test_a_host_resolving_to_loopback_is_refused_at_delivery(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    async with receiving() as receiver:
+        # Stored as if it had resolved elsewhere when it was created: DNS can change.
+        await add_hook(url=f"http://localhost:{receiver.port}/hook")
+        await dispatching(webhook_allow_private_networks=False)
+        await created(client)
+        await eventually(lambda: HookAttempt.exists(), "the attempt logged")
+
+    attempt = await HookAttempt.all().order_by("id").first()
+    assert attempt is not None
+    assert attempt.status == "failed"
+    assert attempt.response_status is None
+    assert attempt.error is not None
+    assert "localhost resolves to" in attempt.error
+    assert "loopback" in attempt.error
+    assert receiver.log == []
