@@ -312,30 +312,40 @@ class RedisBuckets:
 # bucket at once wait for each other's row lock). A refused request keeps the refilled tokens,
 # as in memory; ``granted`` says which it was, since the tokens left cannot.
 _POSTGRES_TAKE = """
-INSERT INTO rate_limit_buckets AS bucket (caller, tokens, granted, counted_at)
-VALUES ($1, $3::float8 - 1, true, clock_timestamp())
-ON CONFLICT (caller) DO UPDATE SET (tokens, granted, counted_at) = (
-    SELECT CASE WHEN refill.tokens >= 1 THEN refill.tokens - 1 ELSE refill.tokens END,
-           refill.tokens >= 1,
-           refill.now
+INSERT INTO rate_limit_buckets AS bucket (caller, tokens, granted, counted_at, full_at)
+VALUES (
+    $1, $3::float8 - 1, true, clock_timestamp(),
+    clock_timestamp() + make_interval(secs => 1 / $2::float8)
+)
+ON CONFLICT (caller) DO UPDATE SET (tokens, granted, counted_at, full_at) = (
+    SELECT taken.tokens, taken.granted, taken.now,
+           taken.now + make_interval(secs => ($3::float8 - taken.tokens) / $2::float8)
     FROM (
-        SELECT LEAST(
-            $3::float8,
-            bucket.tokens
-            + GREATEST(0, extract(epoch FROM now.at - bucket.counted_at)::float8) * $2::float8
-        ) AS tokens, now.at AS now
-        FROM (SELECT clock_timestamp() AS at) AS now
-    ) AS refill
+        SELECT CASE WHEN refill.tokens >= 1 THEN refill.tokens - 1 ELSE refill.tokens END
+                   AS tokens,
+               refill.tokens >= 1 AS granted,
+               refill.now
+        FROM (
+            SELECT LEAST(
+                $3::float8,
+                bucket.tokens
+                + GREATEST(0, extract(epoch FROM now.at - bucket.counted_at)::float8)
+                  * $2::float8
+            ) AS tokens, now.at AS now
+            FROM (SELECT clock_timestamp() AS at) AS now
+        ) AS refill
+    ) AS taken
 )
 RETURNING tokens, granted
 """
 _POSTGRES_GIVE_BACK = """
 UPDATE rate_limit_buckets SET tokens = LEAST($2::float8, tokens + 1) WHERE caller = $1
 """
-# Buckets idle long enough to be full again are the same as none.
+# A bucket full again is the same as none. Each row says when it will be, by its own
+# limiter's rate: one store's purge must not empty the buckets of a slower limiter (Get
+# Token's attempts) that share the table.
 _POSTGRES_PURGE = """
-DELETE FROM rate_limit_buckets
-WHERE counted_at < clock_timestamp() - make_interval(secs => $1::float8)
+DELETE FROM rate_limit_buckets WHERE full_at < clock_timestamp()
 """
 
 
@@ -356,14 +366,15 @@ class PostgresBuckets:
         self._opening = asyncio.Lock()
         self._purge_interval = purge_interval
         self._purge_at = 0.0
-        self._purging: asyncio.Task[None] | None = None
+        # The latest purge, started beside a request.
+        self.purging: asyncio.Task[None] | None = None
 
     async def take(self, caller: str, per_second: float, burst: int) -> float:
         pool = self._pool if self._pool is not None else await self._open()
         row = await pool.fetchrow(_POSTGRES_TAKE, caller, per_second, burst)
         if time.monotonic() >= self._purge_at:
             self._purge_at = time.monotonic() + self._purge_interval
-            self._purging = asyncio.create_task(self._purge(burst / per_second))
+            self.purging = asyncio.create_task(self._purge())
         return 0.0 if row["granted"] else (1 - float(row["tokens"])) / per_second
 
     async def give_back(self, caller: str, burst: int) -> None:
@@ -378,15 +389,15 @@ class PostgresBuckets:
                 )
         return self._pool
 
-    async def _purge(self, idle_seconds: float) -> None:
+    async def _purge(self) -> None:
         try:
-            await self._pool.execute(_POSTGRES_PURGE, idle_seconds)
+            await self._pool.execute(_POSTGRES_PURGE)
         except Exception as error:  # the next purge deletes them; a request will say why
             logger.debug("rate-limit buckets not purged: %s", error)
 
     async def close(self) -> None:
-        if self._purging is not None:
-            self._purging.cancel()
+        if self.purging is not None:
+            self.purging.cancel()
         if self._pool is not None:
             await self._pool.close()
 

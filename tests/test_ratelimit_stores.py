@@ -439,3 +439,23 @@ async def test_two_server_processes_share_a_callers_bucket(
 
     assert statuses == [200, 200]
     assert error["extensions"]["code"] == "RATE_LIMITED"
+
+
+async def test_a_fast_limiters_purge_leaves_a_slow_limiters_buckets(
+    stores: StoreFactory, store_kind: str
+) -> None:
+    if store_kind != "postgres":
+        pytest.skip("Redis keys expire each by their own bucket's time: no purge")
+    slow_store, fast_store = stores(), stores()
+    assert isinstance(fast_store, PostgresBuckets)
+    # Get Token's attempts beside the requests' limit: a bucket that takes hours to refill,
+    # and one that is full again in a millisecond.
+    slow, fast = shared(slow_store, per_second=0.001, burst=2), shared(fast_store, 1000, 1)
+    caller = next(_callers)
+    assert [await take(slow, caller), await take(slow, caller)] == [None, None]
+
+    assert await take(fast, next(_callers)) is None  # its first take starts a purge
+    assert fast_store.purging is not None
+    await fast_store.purging
+
+    assert isinstance(await take(slow, caller), RateLimited)
