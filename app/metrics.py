@@ -25,6 +25,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from time import perf_counter
 
@@ -130,6 +131,35 @@ LISTENER_RECONNECTS = Counter(
     "order_events_listener_reconnects_total",
     "Times the PostgreSQL LISTEN connection was lost and opened again",
 )
+
+
+# Webhooks ----------------------------------------------------------------------------------
+
+_WEBHOOK_ATTEMPTS = Counter(
+    "order_events_webhook_attempts_total",
+    "Webhook POSTs, by outcome: delivered (a 2xx in time), refused (another status), timeout "
+    "(no answer within WEBHOOK_TIMEOUT_SECONDS), unreachable (no connection: refused, reset, "
+    "or a destination not allowed)",
+    ["outcome"],
+)
+WEBHOOK_LAG = Histogram(
+    "order_events_webhook_lag_seconds",
+    "From an event's commit (its createdAt, taken just before) to its webhook's 2xx, retries "
+    "included; pings are not counted",
+    buckets=(*_LATENCY_BUCKETS, 30, 60, 300, 1800, 3600, 21600),
+)
+
+
+def webhook_attempt(outcome: str) -> None:
+    """A webhook POST that was not delivered, and why (one of the outcomes above)."""
+    _WEBHOOK_ATTEMPTS.labels(outcome).inc()
+
+
+def webhook_delivered(created_at: datetime | None) -> None:
+    """A webhook POST answered with a 2xx; ``created_at`` is its event's (None: a ping)."""
+    _WEBHOOK_ATTEMPTS.labels("delivered").inc()
+    if created_at is not None:
+        WEBHOOK_LAG.observe(time.time() - created_at.timestamp())
 
 
 # Requests, as the access log line tells them ---------------------------------------------------

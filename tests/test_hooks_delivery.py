@@ -10,6 +10,8 @@ import random
 import uuid
 from itertools import pairwise
 
+from prometheus_client import REGISTRY
+
 from app.hooks.dispatcher import retry_delay
 from app.models import Hook, HookAttempt, HookDelivery
 from tests.conftest import GraphQLClient, Start
@@ -218,3 +220,46 @@ async def test_a_host_resolving_to_loopback_is_refused_at_delivery(
     assert "localhost resolves to" in attempt.error
     assert "loopback" in attempt.error
     assert receiver.log == []
+
+
+def _counted(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("order_events_webhook_attempts_total", {"outcome": outcome})
+        or 0.0
+    )
+
+
+async def test_attempts_are_counted_by_outcome_and_deliveries_lag_observed(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    def fail_once(received: Received, log: list[Received]) -> int:
+        return 503 if len(log) <= 1 else 204
+
+    before = {outcome: _counted(outcome) for outcome in ("delivered", "refused")}
+    lags = REGISTRY.get_sample_value("order_events_webhook_lag_seconds_count") or 0.0
+    async with receiving(answer=fail_once) as receiver:
+        await add_hook(url=receiver.url)
+        await dispatching(webhook_retry_base_seconds=0.05)
+        await created(client)
+        await receiver.wait_for(lambda log: len(log) == 2)
+        (delivery,) = await HookDelivery.all()
+        await eventually(lambda: _status_of(delivery.id, "delivered"), "the delivery recorded")
+
+    assert _counted("refused") == before["refused"] + 1
+    assert _counted("delivered") == before["delivered"] + 1
+    assert REGISTRY.get_sample_value("order_events_webhook_lag_seconds_count") == lags + 1
+
+
+async def test_an_unreachable_destination_is_counted_as_such(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    before = {outcome: _counted(outcome) for outcome in ("unreachable", "delivered")}
+    async with receiving() as receiver:
+        await add_hook(url=f"http://localhost:{receiver.port}/hook")
+        await dispatching(webhook_allow_private_networks=False)
+        await created(client)
+        await eventually(lambda: HookAttempt.exists(), "the attempt logged")
+
+    # Retried meanwhile, perhaps: each attempt counts.
+    assert _counted("unreachable") >= before["unreachable"] + 1
+    assert _counted("delivered") == before["delivered"]

@@ -44,7 +44,7 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
 from tortoise.transactions import in_transaction
 
-from app import rest
+from app import metrics, rest
 from app.encoding import encode_json
 from app.hooks import destinations, outbox
 from app.hooks.outbox import now_ms
@@ -267,7 +267,7 @@ class Dispatcher:
         hook = await Hook.get_or_none(id=claim.hook_id)
         if hook is None:
             return None  # deleted meanwhile, with its deliveries
-        body = await self.body(claim)
+        body, created_at = await self.body(claim)
         headers = {
             "content-type": hook.content_type,
             "user-agent": USER_AGENT,
@@ -294,12 +294,18 @@ class Dispatcher:
         except TimeoutError:
             if status is None:
                 error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
+                metrics.webhook_attempt("timeout")
         except httpx.HTTPError as failed:
             error = f"{type(failed).__name__}: {failed}" if str(failed) else type(failed).__name__
+            metrics.webhook_attempt("unreachable")
         duration_ms = round((time.perf_counter() - started) * 1000)
         delivered = status is not None and 200 <= status < 300
-        if status is not None and not delivered and error is None:
-            error = f"answered {status}; only a 2xx counts"
+        if delivered:
+            metrics.webhook_delivered(created_at)
+        elif status is not None:
+            metrics.webhook_attempt("refused")
+            if error is None:
+                error = f"answered {status}; only a 2xx counts"
         return Outcome(
             claim,
             delivered=delivered,
@@ -321,8 +327,9 @@ class Dispatcher:
             },
         )
 
-    async def body(self, claim: Claim) -> bytes:
-        """The POST's body: ``order_event`` is the event as the REST endpoint gives it."""
+    async def body(self, claim: Claim) -> tuple[bytes, datetime | None]:
+        """The POST's body, where ``order_event`` is the event as the REST endpoint gives it;
+        and the event's time (None for a ping)."""
         payload: dict[str, Any] = {
             "account_id": claim.account_id,
             "event": claim.event,
@@ -331,13 +338,12 @@ class Dispatcher:
         if claim.event == outbox.PING:
             hook = await Hook.get(id=claim.hook_id)
             payload["hook_id"] = hook.hook_id
-            return encode_json(payload)
+            return encode_json(payload), None
         row = await OrderEvent.get(event_id=claim.event_id)
+        stored = StoredEvent.from_row(row)
         payload["order_id"] = claim.order_id
-        payload["order_event"] = rest.event_body(
-            StoredEvent.from_row(row), self.settings.public_url
-        )
-        return encode_json(payload)
+        payload["order_event"] = rest.event_body(stored, self.settings.public_url)
+        return encode_json(payload), stored.created_at
 
 
 @dataclass(frozen=True)
