@@ -9,7 +9,6 @@ A second request with the key waits for the first's transaction on the unique in
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -121,17 +120,3 @@ async def purge_expired(*, batch: int = PURGE_BATCH) -> int:
         total += deleted
         if deleted < batch:
             return total
-
-
-async def purge_forever(interval_seconds: float) -> None:
-    """Purges expired claims every ``interval_seconds`` until cancelled."""
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            purged = await purge_expired()
-        except Exception:
-            # A database outage must not end the purging for good; the next round retries.
-            logger.exception("purging expired idempotency keys failed")
-        else:
-            if purged:
-                logger.info("purged %d expired idempotency keys", purged)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -16,7 +17,7 @@ from starlette.routing import BaseRoute, Route
 from tortoise.connection import get_connection
 from tortoise.contrib.starlette import RegisterTortoise
 
-from app import health, idempotency, metrics, oauth, openapi, rest, tracing
+from app import health, idempotency, metrics, oauth, openapi, purging, rest, tracing
 from app.api import access
 from app.api.documents import Compiler
 from app.api.endpoint import Endpoint, GraphQLRoute
@@ -27,6 +28,7 @@ from app.broker import create_broker
 from app.clients import Revocations
 from app.db import tortoise_config
 from app.graphiql import graphiql_routes
+from app.hooks import outbox
 from app.hooks import rest as hooks_rest
 from app.hooks.dispatcher import Dispatcher, Doorbell
 from app.ratelimit import create_limiter
@@ -96,9 +98,22 @@ def create_app(settings: Settings) -> Starlette:
                 refresher = asyncio.create_task(
                     oauth.keep_fresh(revocations, issuer, settings.client_refresh_seconds)
                 )
-            purger = asyncio.create_task(
-                idempotency.purge_forever(settings.idempotency_purge_interval_seconds)
-            )
+            purgers = [
+                asyncio.create_task(
+                    purging.forever(
+                        settings.idempotency_purge_interval_seconds,
+                        idempotency.purge_expired,
+                        "expired idempotency keys",
+                    )
+                ),
+                asyncio.create_task(
+                    purging.forever(
+                        settings.idempotency_purge_interval_seconds,
+                        partial(outbox.purge_delivered, settings.webhook_retention_days * 86400),
+                        "webhook deliveries and attempts past WEBHOOK_RETENTION_DAYS",
+                    )
+                ),
+            ]
             dispatcher = None
             if settings.webhook_delivery:
                 dispatcher = Dispatcher(settings, doorbell)
@@ -110,7 +125,7 @@ def create_app(settings: Settings) -> Starlette:
                 restore_signals()
                 # Normally drained already, when the signal came; this covers other stops.
                 await graphql.connections.drain_all(settings.shutdown_grace_seconds)
-                for task in (purger, refresher):
+                for task in (*purgers, refresher):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

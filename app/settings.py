@@ -127,6 +127,8 @@ class Settings:
     webhook_poll_interval_seconds: float = 1.0
     webhook_allow_http: bool = False
     webhook_allow_private_networks: bool = False
+    # Deliveries received, and the log's attempts, are deleted once this old.
+    webhook_retention_days: float = 30.0
 
     graphiql: bool = True
     graphiql_assets_dir: Path = Path(".venv/graphiql/node_modules")
@@ -288,6 +290,7 @@ _POSITIVE = (
     "webhook_timeout_seconds",
     "webhook_retry_base_seconds",
     "webhook_poll_interval_seconds",
+    "webhook_retention_days",
 )
 # Settings with a least value, and what the message adds to it.
 _MINIMUMS = {

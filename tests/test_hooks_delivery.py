@@ -8,11 +8,13 @@ import hashlib
 import hmac
 import random
 import uuid
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 from prometheus_client import REGISTRY
 
 from app.hooks.dispatcher import retry_delay
+from app.hooks.outbox import purge_delivered
 from app.models import Hook, HookAttempt, HookDelivery
 from tests.conftest import GraphQLClient, Start
 from tests.helpers import ACCOUNT, ORDER, created, eventually
@@ -263,3 +265,34 @@ async def test_an_unreachable_destination_is_counted_as_such(
     # Retried meanwhile, perhaps: each attempt counts.
     assert _counted("unreachable") >= before["unreachable"] + 1
     assert _counted("delivered") == before["delivered"]
+
+
+async def test_deliveries_received_are_purged_after_the_retention_and_others_kept(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    def fail_order_b(received: Received, log: list[Received]) -> int:
+        return 503 if received.json["order_id"] == "order-b" else 204
+
+    async with receiving(answer=fail_order_b) as receiver:
+        await add_hook(url=receiver.url)
+        await dispatching(webhook_retry_base_seconds=60)
+        await created(client, order_id="order-a")
+        await created(client, order_id="order-b")
+        await receiver.wait_for(lambda log: len(log) == 2)
+        await eventually(_two_attempts_logged, "both attempts logged")
+    old = datetime.now(UTC) - timedelta(days=31)
+    await HookDelivery.all().update(created_at=old)
+    await HookAttempt.all().update(created_at=old)
+    received = await HookDelivery.get(order_id="order-a")
+    assert received.status == "delivered"
+
+    assert await purge_delivered(30 * 86400) == 3  # the delivery received, both attempts
+
+    (kept,) = await HookDelivery.all()
+    assert (kept.order_id, kept.status) == ("order-b", "pending")
+    assert await HookAttempt.all().count() == 0
+    assert await purge_delivered(30 * 86400) == 0
+
+
+async def _two_attempts_logged() -> bool:
+    return await HookAttempt.all().count() == 2

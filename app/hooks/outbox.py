@@ -12,10 +12,12 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
+from app.models import HookAttempt, HookDelivery
 from app.sql import placeholders
 
 # The events a hook may subscribe to (Dintero's name) and the one sent to test a hook.
@@ -89,3 +91,13 @@ async def write_for_stored(connection: BaseDBAsyncClient, event_ids: Sequence[st
     sql = placeholders(connection, _for_stored_sql(dialect, len(event_ids)))
     _, rows = await connection.execute_query(sql, list(event_ids))
     return len(rows)
+
+
+async def purge_delivered(retention_seconds: float) -> int:
+    """Deletes what is older than ``retention_seconds``: deliveries received (the version
+    order reads only those not received) and the log's attempts. Deliveries still pending
+    or given up on stay, whatever their age. Returns how many rows went."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=retention_seconds)
+    deliveries = await HookDelivery.filter(status=DELIVERED, created_at__lt=cutoff).delete()
+    attempts = await HookAttempt.filter(created_at__lt=cutoff).delete()
+    return int(deliveries) + int(attempts)
