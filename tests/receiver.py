@@ -87,18 +87,23 @@ async def receiving(**options: Any) -> AsyncIterator[Receiver]:
         lifespan="off",
         ws="none",
         log_level="warning",
+        # A dispatcher's request still in flight must not hold the test up at its end.
+        timeout_graceful_shutdown=2,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    async with asyncio.timeout(WAIT):
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it, if anything did
+                raise RuntimeError(f"the receiver did not start on port {receiver.port}")
+            await asyncio.sleep(0.01)
     try:
         yield receiver
     finally:
         server.should_exit = True
-        await task
+        async with asyncio.timeout(WAIT):
+            await task
 
 
 async def add_hook(
