@@ -8,14 +8,13 @@ given, cursors among them, are ``app.records``'.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Final, cast
+from typing import Any, Final
 
-from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
 
-from app import idempotency, sqlite_reads, validation
+from app import idempotency, validation
 from app.auth import Principal
 from app.encoding import new_event_id
 from app.errors import BadUserInput, Conflict, FieldError, Forbidden
@@ -31,7 +30,7 @@ from app.records import (
     StoredEvent,
     decode_cursor,
 )
-from app.sql import placeholders
+from app.sql import fetch
 from app.writer import EventWriter
 
 SERVICE_EVENT = "service-event"
@@ -295,21 +294,6 @@ class PageCache:
 pages = PageCache()
 
 
-async def _fetch(
-    connection: BaseDBAsyncClient, sql: str, params: list[Any]
-) -> Sequence[Sequence[Any]]:
-    """Rows as the driver gives them (sqlite3.Row, asyncpg.Record), to be read by position:
-    copying each into a dict first cost a read more than building its events. On SQLite,
-    read on the event loop when that can be done (``app.sqlite_reads``)."""
-    inline = sqlite_reads.reader_for(connection)
-    if inline is not None:
-        rows = inline.fetch(sql, params)
-        if rows is not None:
-            return rows
-    _, records = await connection.execute_query(placeholders(connection, sql), params)
-    return cast("Sequence[Sequence[Any]]", records)
-
-
 async def read_page(
     account_id: str, order_id: str, after_version: int, limit: int
 ) -> tuple[EventState, list[StoredEvent]]:
@@ -324,10 +308,10 @@ async def read_page(
     key = (id(connection), account_id, order_id, after_version, limit)
     cached = pages.get(key)
     if cached is not None:
-        latest = await _fetch(connection, LATEST_SQL, [account_id, order_id])
+        latest = await fetch(connection, LATEST_SQL, [account_id, order_id])
         if latest and latest[0][0] == cached.latest:
             return cached.state, cached.events
-    rows = await _fetch(connection, PAGE_SQL, [account_id, order_id] * 4 + [after_version, limit])
+    rows = await fetch(connection, PAGE_SQL, [account_id, order_id] * 4 + [after_version, limit])
     failed, pending, latest_id, first_event_id = rows[0][:4]
     state = state_from_flags(failed=bool(failed), pending=bool(pending), empty=latest_id is None)
     events = [] if first_event_id is None else [StoredEvent.from_columns(row, 3) for row in rows]

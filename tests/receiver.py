@@ -39,6 +39,8 @@ class Receiver:
     answer: Answer = lambda received, log: 200
     # Seconds to wait before answering.
     delay: float = 0.0
+    # When given, requests are answered only once it is set.
+    hold: asyncio.Event | None = None
     log: list[Received] = field(default_factory=list)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -63,6 +65,8 @@ class Receiver:
             self.changed.notify_all()
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.hold is not None:
+            await self.hold.wait()
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b"thanks"})
 

@@ -4,6 +4,7 @@ destinations refused at delivery time."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import random
@@ -162,6 +163,10 @@ async def test_a_hook_failing_every_attempt_is_deactivated_saying_why(
     assert await HookDelivery.all().count() == 1
 
 
+async def _three_attempts_logged() -> bool:
+    return await HookAttempt.all().count() == 3
+
+
 async def _inactive(hook_id: int) -> bool:
     return not (await Hook.get(id=hook_id)).active
 
@@ -184,6 +189,64 @@ async def test_a_hook_that_also_delivers_is_not_deactivated(
         )
 
     assert (await Hook.get(id=hook.id)).active
+
+
+async def test_answers_arriving_together_are_each_recorded_under_their_own_lease(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    """Outcomes are committed in batches: each still counts alone. One event, four hooks,
+    all answered at once: delivered; refused on the last attempt (the hook deactivated);
+    delivered but its lease taken by another process meanwhile (logged, the row left to
+    that process); delivered after its hook was deleted (nothing logged)."""
+    release = asyncio.Event()
+    async with (
+        receiving(hold=release) as fine,
+        receiving(hold=release, answer=lambda received, log: 500) as refusing,
+        receiving(hold=release) as overtaken,
+        receiving(hold=release) as orphaned,
+    ):
+        hooks = {
+            name: await add_hook(url=receiver.url)
+            for name, receiver in (
+                ("fine", fine),
+                ("refusing", refusing),
+                ("overtaken", overtaken),
+                ("orphaned", orphaned),
+            )
+        }
+        await dispatching(webhook_max_attempts=1)
+        await created(client)
+        for receiver in (fine, refusing, overtaken, orphaned):
+            await receiver.wait_for(lambda log: len(log) == 1)
+        await HookDelivery.filter(hook_id=hooks["overtaken"].id).update(
+            lease_owner="another process"
+        )
+        await hooks["orphaned"].delete()
+        await HookDelivery.filter(hook_id=hooks["orphaned"].id).delete()
+        release.set()
+        await eventually(_three_attempts_logged, "three attempts logged")
+
+    async def delivery(name: str) -> HookDelivery:
+        return await HookDelivery.get(hook_id=hooks[name].id)
+
+    assert ((await delivery("fine")).status, (await delivery("fine")).attempts) == ("delivered", 1)
+    assert (await delivery("refusing")).status == "failed"
+    overtaken_row = await delivery("overtaken")
+    assert (overtaken_row.status, overtaken_row.attempts) == ("pending", 0)
+    assert overtaken_row.lease_owner == "another process"
+    logged = {attempt.hook_id: attempt for attempt in await HookAttempt.all()}
+    assert set(logged) == {hooks[name].id for name in ("fine", "refusing", "overtaken")}
+    assert (logged[hooks["fine"].id].status, logged[hooks["refusing"].id].status) == (
+        "delivered",
+        "failed",
+    )
+    assert logged[hooks["overtaken"].id].status == "delivered"
+    states = {hook.id: hook for hook in await Hook.all()}
+    assert states[hooks["fine"].id].active and states[hooks["overtaken"].id].active
+    refused = states[hooks["refusing"].id]
+    assert not refused.active
+    assert refused.deactivated_reason is not None
+    assert "answered 500" in refused.deactivated_reason
 
 
 async def test_each_attempt_is_logged_with_request_and_response(

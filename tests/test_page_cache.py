@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app import events
+from app import events, sql
 from app.events import LATEST_SQL, PAGE_SQL, PageCache, read_page
 from app.records import EventState
 from tests.conftest import _empty_tables
@@ -21,13 +21,13 @@ ACCOUNT = "T12345678"
 def statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     events.pages.clear()
     sent: list[str] = []
-    fetch = events._fetch
+    fetch = sql.fetch
 
     async def recorded(connection: Any, sql: str, params: list[Any]) -> Any:
         sent.append({PAGE_SQL: "page", LATEST_SQL: "latest"}[sql])
         return await fetch(connection, sql, params)
 
-    monkeypatch.setattr(events, "_fetch", recorded)
+    monkeypatch.setattr(events, "fetch", recorded)
     return sent
 
 

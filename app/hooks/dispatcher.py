@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -35,7 +36,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -48,10 +49,10 @@ from app import metrics, rest
 from app.encoding import encode_json
 from app.hooks import destinations, outbox
 from app.hooks.outbox import now_ms
-from app.models import Hook, HookAttempt, HookDelivery, OrderEvent
-from app.records import StoredEvent
+from app.models import Hook, HookAttempt, HookDelivery
+from app.records import COLUMNS, StoredEvent
 from app.settings import Settings
-from app.sql import placeholders
+from app.sql import fetch, placeholders
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,33 @@ class Claim:
     attempts: int
     first_attempt_at: int | None
     owner: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """A hook as its deliveries need it."""
+
+    hook_id: str
+    url: str
+    content_type: str
+    secret: str
+
+
+_TARGET_SQL: Final = (
+    f"SELECT id, {', '.join(field.name for field in fields(Target))} FROM hooks"  # noqa: S608
+    " WHERE id IN ({})"
+)
+_EVENTS_SQL: Final = f"SELECT {COLUMNS} FROM order_events WHERE event_id IN ({{}})"  # noqa: S608
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed delivery with what its request is made of: its hook, and its event (None
+    for a ping, or if the event is not found)."""
+
+    claim: Claim
+    target: Target
+    event: StoredEvent | None
 
 
 _RETURNED: Final = (
@@ -209,16 +237,17 @@ class Dispatcher:
             except Exception as error:
                 logger.warning("could not claim webhook deliveries: %s", error)
                 claimed = []
-            for claim in claimed:
-                self._in_flight[claim.hook_id] += 1
-                task = asyncio.create_task(self._deliver(claim))
+            for job in claimed:
+                self._in_flight[job.claim.hook_id] += 1
+                task = asyncio.create_task(self._deliver(job))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if not claimed or sum(self._in_flight.values()) >= MAX_IN_FLIGHT:
                 await self.doorbell.wait(self.settings.webhook_poll_interval_seconds)
 
-    async def claim(self) -> list[Claim]:
-        """Leases the due deliveries this process has room for."""
+    async def claim(self) -> list[Job]:
+        """Leases the due deliveries this process has room for, and reads their hooks and
+        events (one statement each for all of them)."""
         room = MAX_IN_FLIGHT - sum(self._in_flight.values())
         if room <= 0:
             return []
@@ -236,15 +265,16 @@ class Dispatcher:
         rows = await connection.execute_query_dict(
             placeholders(connection, sql), [lease, owner, now, now]
         )
-        return [Claim(**row, owner=owner) for row in rows]
+        return await _jobs(connection, [Claim(**row, owner=owner) for row in rows])
 
-    async def _deliver(self, claim: Claim) -> None:
+    async def _deliver(self, job: Job) -> None:
         """Sends, then records: the hook's slot is free once its request is answered (the
         bound is on requests in flight), while the lease holds the delivery, and its order's
         next version, until the outcome is committed."""
+        claim = job.claim
         outcome = None
         try:
-            outcome = await self.attempt(claim)
+            outcome = await self.attempt(job)
         except Exception:
             logger.exception("webhook delivery %s failed unexpectedly", claim.event_delivery)
         finally:
@@ -260,14 +290,11 @@ class Dispatcher:
             logger.exception("webhook delivery %s not recorded", claim.event_delivery)
         self.doorbell.ring()  # its order's next version may be due
 
-    async def attempt(self, claim: Claim) -> Outcome | None:
-        """One POST of a claimed delivery; its outcome, to be recorded (None when its hook
-        was deleted meanwhile)."""
+    async def attempt(self, job: Job) -> Outcome:
+        """One POST of a claimed delivery; its outcome, to be recorded."""
         assert self._http is not None
-        hook = await Hook.get_or_none(id=claim.hook_id)
-        if hook is None:
-            return None  # deleted meanwhile, with its deliveries
-        body, created_at = await self.body(claim)
+        claim, hook = job.claim, job.target
+        body, created_at = self.body(job)
         headers = {
             "content-type": hook.content_type,
             "user-agent": USER_AGENT,
@@ -327,20 +354,21 @@ class Dispatcher:
             },
         )
 
-    async def body(self, claim: Claim) -> tuple[bytes, datetime | None]:
+    def body(self, job: Job) -> tuple[bytes, datetime | None]:
         """The POST's body, where ``order_event`` is the event as the REST endpoint gives it;
         and the event's time (None for a ping)."""
+        claim = job.claim
         payload: dict[str, Any] = {
             "account_id": claim.account_id,
             "event": claim.event,
             "event_delivery": claim.event_delivery,
         }
         if claim.event == outbox.PING:
-            hook = await Hook.get(id=claim.hook_id)
-            payload["hook_id"] = hook.hook_id
+            payload["hook_id"] = job.target.hook_id
             return encode_json(payload), None
-        row = await OrderEvent.get(event_id=claim.event_id)
-        stored = StoredEvent.from_row(row)
+        stored = job.event
+        if stored is None:
+            raise LookupError(f"event {claim.event_id} of delivery {claim.id} not found")
         payload["order_id"] = claim.order_id
         payload["order_event"] = rest.event_body(stored, self.settings.public_url)
         return encode_json(payload), stored.created_at
@@ -386,8 +414,7 @@ class Outcomes:
                 batch, self._queue = self._queue, []
                 try:
                     async with in_transaction() as connection:
-                        for outcome, _ in batch:
-                            await self._record(connection, outcome)
+                        await self._record(connection, [outcome for outcome, _ in batch])
                 except Exception as error:
                     for _, future in batch:
                         if not future.done():
@@ -399,66 +426,129 @@ class Outcomes:
         finally:
             self._draining = None
 
-    async def _record(self, connection: BaseDBAsyncClient, outcome: Outcome) -> None:
-        """The attempt's outcome, under the claim's lease: the delivery delivered, retried
-        later or failed, counted from its row's attempts (which a reactivation of the hook
-        may have reset meanwhile); the attempt logged; the hook's failing streak, and its
-        deactivation."""
-        claim, delivered, attempted_at, log = (
-            outcome.claim,
-            outcome.delivered,
-            outcome.attempted_at,
-            outcome.log,
-        )
-        delay = retry_delay(claim.attempts + 1, self.settings.webhook_retry_base_seconds)
-        rows = await connection.execute_query_dict(
-            placeholders(connection, _RECORD_SQL),
-            [
-                attempted_at,
-                1 if delivered else 0,
-                self.settings.webhook_max_attempts,
+    async def _record(self, connection: BaseDBAsyncClient, outcomes: list[Outcome]) -> None:
+        """The attempts' outcomes, each under its claim's lease: the delivery delivered,
+        retried later or failed, counted from its row's attempts (which a reactivation of
+        the hook may have reset meanwhile); the attempt logged; the hook's failing streak,
+        and its deactivation. A batch of deliveries costs three statements, whatever its
+        size; failures add a few each."""
+        base = self.settings.webhook_retry_base_seconds
+        values = []
+        for outcome in outcomes:
+            delay = retry_delay(outcome.claim.attempts + 1, base)
+            values += [
+                outcome.claim.id,
+                outcome.claim.owner,
+                outcome.attempted_at,
+                1 if outcome.delivered else 0,
                 now_ms() + int(delay * 1000),
-                claim.id,
-                claim.owner,
-            ],
-        )
-        if not rows and not await HookDelivery.filter(id=claim.id).using_db(connection).exists():
-            return  # its hook was deleted meanwhile
-        await HookAttempt.create(using_db=connection, **log)
-
-        def hook(**conditions: Any) -> Any:
-            return Hook.filter(id=claim.hook_id, **conditions).using_db(connection)
-
-        if delivered:
-            await hook(failing_since__isnull=False).update(failing_since=None)
+            ]
+        sql = record_sql(len(outcomes), self.settings.webhook_max_attempts)
+        rows = await connection.execute_query_dict(placeholders(connection, sql), values)
+        recorded = {row["id"]: row for row in rows}
+        unrecorded = [outcome.claim.id for outcome in outcomes if outcome.claim.id not in recorded]
+        # A delivery whose lease was lost keeps its attempt in the log; one whose hook was
+        # deleted meanwhile (with its deliveries) does not.
+        kept = set(recorded)
+        if unrecorded:
+            found = HookDelivery.filter(id__in=unrecorded).using_db(connection)
+            kept.update(await found.values_list("id", flat=True))
+        logged = [outcome for outcome in outcomes if outcome.claim.id in kept]
+        if not logged:
             return
-        await hook(failing_since__isnull=True).update(failing_since=attempted_at)
-        if rows and rows[0]["status"] == outbox.FAILED:
-            reason = (
-                f"deactivated: delivery {claim.event_delivery} failed all "
-                f"{rows[0]['attempts']} attempts, and nothing was delivered since its "
-                f"first ({log['error']})"
+        await HookAttempt.bulk_create(
+            [HookAttempt(**outcome.log) for outcome in logged], using_db=connection
+        )
+        by_hook: dict[int, list[Outcome]] = {}
+        for outcome in logged:
+            by_hook.setdefault(outcome.claim.hook_id, []).append(outcome)
+        healthy = [hook for hook, its in by_hook.items() if all(o.delivered for o in its)]
+        if healthy:
+            await (
+                Hook.filter(id__in=healthy, failing_since__isnull=False)
+                .using_db(connection)
+                .update(failing_since=None)
             )
-            # Only if nothing was delivered since this delivery first failed.
-            await hook(active=True, failing_since__lte=rows[0]["first_attempt_at"]).update(
-                active=False,
-                deactivated_at=datetime.now(UTC),
-                deactivated_reason=reason,
-            )
+        for hook, its in by_hook.items():
+            if hook not in healthy:
+                for outcome in its:
+                    await _failing_streak(connection, outcome, recorded.get(outcome.claim.id))
 
 
-# An attempt's outcome (``Outcomes._record``). SET reads the row as it was: ``attempts + 1``
-# is this attempt's number. Parameters: attempted_at, delivered (1 or 0), max attempts,
-# next_attempt_at, id, lease owner.
-_RECORD_SQL: Final = (
-    "UPDATE hook_deliveries SET attempts = attempts + 1,"  # noqa: S608 (no input in the text)
-    " first_attempt_at = COALESCE(first_attempt_at, ?),"
-    f" status = CASE WHEN ? = 1 THEN '{outbox.DELIVERED}'"
-    f" WHEN attempts + 1 >= ? THEN '{outbox.FAILED}' ELSE '{outbox.PENDING}' END,"
-    " next_attempt_at = ?, lease_until = NULL, lease_owner = NULL"
-    " WHERE id = ? AND lease_owner = ?"
-    " RETURNING attempts, status, first_attempt_at"
+async def _failing_streak(
+    connection: BaseDBAsyncClient, outcome: Outcome, row: dict[str, Any] | None
+) -> None:
+    """A hook's failing streak after one attempt (``row``: its delivery as recorded, None
+    if its lease was lost): ended by a delivery, begun by a failure; and the hook
+    deactivated when the delivery has failed its last attempt and nothing was delivered
+    since its first."""
+    claim = outcome.claim
+
+    def hook(**conditions: Any) -> Any:
+        return Hook.filter(id=claim.hook_id, **conditions).using_db(connection)
+
+    if outcome.delivered:
+        await hook(failing_since__isnull=False).update(failing_since=None)
+        return
+    await hook(failing_since__isnull=True).update(failing_since=outcome.attempted_at)
+    if row is not None and row["status"] == outbox.FAILED:
+        reason = (
+            f"deactivated: delivery {claim.event_delivery} failed all "
+            f"{row['attempts']} attempts, and nothing was delivered since its "
+            f"first ({outcome.log['error']})"
+        )
+        await hook(active=True, failing_since__lte=row["first_attempt_at"]).update(
+            active=False,
+            deactivated_at=datetime.now(UTC),
+            deactivated_reason=reason,
+        )
+
+
+# An outcome's values in ``record_sql``, in order: the delivery's id, its lease owner, the
+# attempt's time, delivered (1 or 0), the next attempt's time.
+_OUTCOME_VALUES: Final = (
+    "(CAST(? AS BIGINT), CAST(? AS TEXT), CAST(? AS BIGINT), CAST(? AS INTEGER), CAST(? AS BIGINT))"
 )
+
+
+@functools.lru_cache(maxsize=64)
+def record_sql(count: int, max_attempts: int) -> str:
+    """The statement that records ``count`` attempts' outcomes, each under its lease (see
+    ``_OUTCOME_VALUES``). SET reads the row as it was: ``attempts + 1`` is this attempt's
+    number. VALUES names its columns column1, column2, … on both databases."""
+    return (
+        "UPDATE hook_deliveries SET attempts = hook_deliveries.attempts + 1,"  # noqa: S608
+        " first_attempt_at = COALESCE(hook_deliveries.first_attempt_at, outcome.column3),"
+        f" status = CASE WHEN outcome.column4 = 1 THEN '{outbox.DELIVERED}'"
+        f" WHEN hook_deliveries.attempts + 1 >= {int(max_attempts)} THEN '{outbox.FAILED}'"
+        f" ELSE '{outbox.PENDING}' END,"
+        " next_attempt_at = outcome.column5, lease_until = NULL, lease_owner = NULL"
+        f" FROM (VALUES {', '.join([_OUTCOME_VALUES] * count)}) AS outcome"
+        " WHERE hook_deliveries.id = outcome.column1"
+        " AND hook_deliveries.lease_owner = outcome.column2"
+        " RETURNING id, attempts, status, first_attempt_at"
+    )
+
+
+async def _jobs(connection: BaseDBAsyncClient, claims: list[Claim]) -> list[Job]:
+    """The claims with their hooks and events, read in one statement each. A claim whose
+    hook has gone (deleted with its deliveries) is dropped."""
+    if not claims:
+        return []
+    hook_ids = sorted({claim.hook_id for claim in claims})
+    rows = await fetch(connection, _TARGET_SQL.format(", ".join("?" * len(hook_ids))), hook_ids)
+    targets = {row[0]: Target(*row[1:]) for row in rows}
+    event_ids = sorted({claim.event_id for claim in claims if claim.event_id is not None})
+    events: dict[str, StoredEvent] = {}
+    if event_ids:
+        sql = _EVENTS_SQL.format(", ".join("?" * len(event_ids)))
+        rows = await fetch(connection, sql, event_ids)
+        events = {event.id: event for event in map(StoredEvent.from_columns, rows)}
+    return [
+        Job(claim, targets[claim.hook_id], events.get(claim.event_id or ""))
+        for claim in claims
+        if claim.hook_id in targets
+    ]
 
 
 async def _read_some(response: httpx.Response, limit: int) -> bytes:
