@@ -8,7 +8,10 @@ from an event's creation to its receipt.
   ``WEBHOOK_DELIVERY=false`` (it writes the outbox rows; another process would deliver).
   Writes (wrk, as ``scripts/bench``'s) are run on them in turns; each ratio is requests a
   second over the plain service's. The self-delivering one pays for its outbox rows and for
-  delivering them, on the same cores, while it writes; the other for the rows only.
+  delivering them, on the same cores, while it writes; the other for the rows only. After
+  each of its slices the self-delivering one is left to deliver its backlog before the next
+  slice starts (so that it does not slow the others'); its slice's events over the slice
+  and that catch-up together are the writes a second it sustains with delivery keeping up.
 - **deliveries/s**: events written by a service that does not deliver
   (``WEBHOOK_DELIVERY=false``) over many orders; then a delivering service is started, and
   the backlog's delivery is timed from its first receipt to its last.
@@ -130,6 +133,18 @@ def wait_for(target: Server, count: int, timeout: float = 120) -> list[tuple[str
         time.sleep(0.2)
 
 
+def delivered_all(url: str, sink: Server) -> list[tuple[str, float, float]]:
+    """Waits until every event in the database at ``url`` was received (the receiver
+    counts no pings); counted again after the wait: requests wrk left in flight may commit
+    late."""
+    written = 0
+    got: list[tuple[str, float, float]] = []
+    while (count := event_count(url)) > written:
+        written = count
+        got = wait_for(sink, written)
+    return got
+
+
 def write_ratio(
     kind: str, workdir: Path, tokens: dict[str, str], seconds: int, connections: int, rounds: int
 ) -> dict[str, Any]:
@@ -150,19 +165,27 @@ def write_ratio(
         add_hook(outbox, tokens["hooks"], f"{sink.url}/outbox")
         sides = {"plain": plain, "hooked": hooked, "outbox_only": outbox}
         slices: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+        # Seconds from the end of each hooked slice until all its events were received.
+        catch_up: list[float] = []
         for _ in range(rounds):
             for name, server in sides.items():
                 slices[name].append(
                     http.write(server, tokens["events"], slice_seconds, connections)
                 )
-        # Every event written with the hook is delivered (the receiver counts no pings).
-        # Counted again after the wait: requests wrk left in flight may commit late.
-        written = 0
-        while (count := event_count(hooked_url)) > written:
-            written = count
-            got = wait_for(sink, written)
+                if name == "hooked":
+                    # Its backlog is delivered before the next slice, which it would slow.
+                    ended = time.monotonic()
+                    got = delivered_all(hooked_url, sink)
+                    catch_up.append(round(time.monotonic() - ended, 1))
+        written = event_count(hooked_url)
         unique = len({key for key, _, _ in got})
     figures = {name: http.combine(runs) for name, runs in slices.items()}
+    # Writes a second the hooked service would sustain with delivery keeping up: each
+    # slice's events over the slice and its catch-up together.
+    kept_up = [
+        round(run["requests"] / (run["duration_us"] / 1e6 + extra), 1)
+        for run, extra in zip(slices["hooked"], catch_up, strict=True)
+    ]
 
     def ratios(name: str) -> list[float]:
         return [
@@ -178,6 +201,9 @@ def write_ratio(
         "write_ratios": ratios("hooked"),
         "outbox_only_ratio": round(figures["outbox_only"]["rps"] / figures["plain"]["rps"], 2),
         "outbox_only_ratios": ratios("outbox_only"),
+        "catch_up_seconds": catch_up,
+        "kept_up_rps": round(sum(kept_up) / len(kept_up), 1),
+        "kept_up_ratio": round(sum(kept_up) / len(kept_up) / figures["plain"]["rps"], 2),
         "written_with_hook": written,
         "delivered": unique,
         "duplicates": len(got) - unique,
@@ -273,6 +299,11 @@ def render(report: dict[str, Any]) -> str:
             f"{run['plain']['rps']} (ratio {run['write_ratio']}; per round "
             f"{' '.join(map(str, run['write_ratios']))}); {run['delivered']} of "
             f"{run['written_with_hook']} delivered, {run['duplicates']} twice"
+        )
+        lines.append(
+            f"{db} writes/s sustained with delivery keeping up: {run['kept_up_rps']} (ratio "
+            f"{run['kept_up_ratio']}; catch-up after each slice "
+            f"{' '.join(map(str, run['catch_up_seconds']))} s)"
         )
         lines.append(
             f"{db} writes/s with the outbox only (delivery elsewhere) vs none: "

@@ -12,9 +12,11 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
+import pytest
 from prometheus_client import REGISTRY
+from tortoise import connections
 
-from app.hooks.dispatcher import retry_delay
+from app.hooks.dispatcher import Statistics, retry_delay
 from app.hooks.outbox import purge_delivered
 from app.models import Hook, HookAttempt, HookDelivery
 from tests.conftest import GraphQLClient, Start
@@ -359,3 +361,35 @@ async def test_deliveries_received_are_purged_after_the_retention_and_others_kep
 
 async def _two_attempts_logged() -> bool:
     return await HookAttempt.all().count() == 2
+
+
+async def test_a_slow_claim_has_the_outbox_analyzed_on_postgresql(
+    client: GraphQLClient, dispatching: Start, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL plans the claim by the outbox's statistics; stale ones (a backlog on a
+    table they say is nearly all delivered) make it check every pending row. A claim slower
+    than the bound has the table analyzed (here every claim is "slow")."""
+    if not database_url.startswith("postgres"):
+        pytest.skip("statistics are PostgreSQL's")
+    monkeypatch.setattr(Statistics, "SLOW_CLAIM_SECONDS", 0.0)
+    before = await _times_analyzed()
+    async with receiving() as receiver:
+        await add_hook(url=receiver.url)
+        await dispatching()
+        await created(client)
+        await receiver.wait_for(lambda log: len(log) == 1)
+
+        async def analyzed_again() -> bool:
+            return await _times_analyzed() > before
+
+        await eventually(analyzed_again, "hook_deliveries analyzed")
+
+
+async def _times_analyzed() -> int:
+    """How often hook_deliveries was analyzed, by ANALYZE (not autovacuum)."""
+    connection = connections.get("default")
+    await connection.execute_script("SELECT pg_stat_clear_snapshot()")
+    _, rows = await connection.execute_query(
+        "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'hook_deliveries'"
+    )
+    return int(rows[0]["analyze_count"]) if rows else 0
