@@ -10,27 +10,27 @@ loopback, private, link-local, multicast, reserved or otherwise not globally rea
 The rule is checked when a hook is created or changed (``url_problems``: a 400 naming the
 field), and again on every connection the client makes, after DNS resolution: a name that
 resolved to a public address at creation may resolve to 127.0.0.1 later (DNS rebinding). The
-client (``client``) is httpx over its documented seams: a transport (``httpx.AsyncBaseTransport``)
-that runs httpcore's connection pool with a network backend of our own
-(``httpcore.AsyncNetworkBackend``), whose ``connect_tcp`` resolves the host, checks every
-address and then connects to a checked address itself. TLS is then started by httpcore on
-that socket with the URL's host name, so SNI and certificate verification are the host's, as
-is the ``Host`` header: nothing is resolved twice, so nothing can change between the check
-and the connection. Redirects are not followed, and no proxy from the environment is used.
+client (``client``) is httpcore's connection pool with a network backend of our own
+(httpcore's documented ``AsyncNetworkBackend`` and ``AsyncNetworkStream``), whose
+``connect_tcp`` resolves the host, checks every address and then connects to a checked
+address itself, over asyncio's streams. TLS is then started on that socket with the URL's
+host name, so SNI and certificate verification are the host's, as is the ``Host`` header:
+nothing is resolved twice, so nothing can change between the check and the connection.
+Redirects are not followed, and no proxy from the environment is used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpcore
-import httpx
 
 MAX_URL_LENGTH: Final = 2048
 
@@ -47,7 +47,7 @@ _NOT_PUBLIC: Final = (
 
 class DestinationRefused(httpcore.ConnectError):
     """A connection refused before it was made: the host resolves to an address a hook may
-    not reach. Raised inside httpcore's connect, so httpx reports it as a ``ConnectError``."""
+    not reach. Raised inside httpcore's connect, so it is a ``ConnectError`` like any other."""
 
 
 def address_problem(address: str) -> str | None:
@@ -149,12 +149,80 @@ async def url_problem(url: str, *, allow_http: bool, allow_private: bool) -> str
     return None
 
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """A connection as httpcore reads and writes it, over asyncio's streams. httpcore's own
+    AnyIO stream cost about as much CPU as the rest of an attempt (it builds a dictionary of
+    attribute getters each time the pool asks whether an idle connection was closed); see
+    docs/benchmarks.md."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(
+        self,
+        max_bytes: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError as error:
+            raise httpcore.ReadTimeout(str(error)) from error
+        except OSError as error:
+            raise httpcore.ReadError(str(error)) from error
+
+    async def write(
+        self,
+        buffer: bytes,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> None:
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                self._writer.write(buffer)
+                await self._writer.drain()
+        except TimeoutError as error:
+            raise httpcore.WriteTimeout(str(error)) from error
+        except OSError as error:
+            raise httpcore.WriteError(str(error)) from error
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError as error:
+            await self.aclose()
+            raise httpcore.ConnectTimeout(str(error)) from error
+        except (OSError, ssl.SSLError) as error:
+            await self.aclose()
+            raise httpcore.ConnectError(str(error)) from error
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # Asked of an idle connection: readable then means closed by the other end.
+            return self._reader.at_eof() or self._writer.is_closing()
+        names = {"client_addr": "sockname", "server_addr": "peername"}
+        return self._writer.get_extra_info(names.get(info, info))
+
+
 class _CheckedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, connecting only to addresses ``checked_addresses`` let
     through, and to the very address it checked."""
 
     def __init__(self, allow_private: bool) -> None:
-        self._inner = httpcore.AnyIOBackend()
         self._allow_private = allow_private
 
     async def connect_tcp(
@@ -169,11 +237,20 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         error: Exception | None = None
         for address in addresses:
             try:
-                return await self._inner.connect_tcp(
-                    address, port, timeout, local_address, socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as failed:
-                error = failed
+                async with asyncio.timeout(timeout):
+                    reader, writer = await asyncio.open_connection(
+                        address, port, local_addr=(local_address, 0) if local_address else None
+                    )
+            except TimeoutError as failed:
+                error = httpcore.ConnectTimeout(f"connecting to {address}: {failed}")
+                continue
+            except OSError as failed:
+                error = httpcore.ConnectError(str(failed))
+                continue
+            raw = writer.get_extra_info("socket")
+            for option in socket_options or ():
+                raw.setsockopt(*option)
+            return _Stream(reader, writer)
         assert error is not None
         raise error
 
@@ -186,87 +263,27 @@ class _CheckedBackend(httpcore.AsyncNetworkBackend):
         raise DestinationRefused("hooks do not connect to Unix sockets")
 
     async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+        await asyncio.sleep(seconds)
 
 
-class _Stream(httpx.AsyncByteStream):
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._stream:
-            yield part
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-# httpcore's errors as httpx's: httpx's own transport maps them the same way.
-_ERRORS: Final[tuple[tuple[type[Exception], type[httpx.TransportError]], ...]] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.ProtocolError, httpx.ProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.NetworkError, httpx.NetworkError),
+# What a failed request raises: the connection refused (``DestinationRefused`` is a
+# ``ConnectError``), not made, broken, or not spoken HTTP.
+ERRORS: Final = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
 )
 
 
-class CheckedTransport(httpx.AsyncBaseTransport):
-    """An httpx transport over httpcore's pool with ``_CheckedBackend``."""
-
-    def __init__(self, *, allow_private: bool, max_connections: int) -> None:
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl.create_default_context(),
-            max_connections=max_connections,
-            network_backend=_CheckedBackend(allow_private),
-        )
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        sent = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=request.url.raw_scheme,
-                host=request.url.raw_host,
-                port=request.url.port,
-                target=request.url.raw_path,
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        try:
-            answer = await self._pool.handle_async_request(sent)
-        except Exception as error:
-            for theirs, ours in _ERRORS:
-                if isinstance(error, theirs):
-                    raise ours(str(error), request=request) from error
-            raise
-        return httpx.Response(
-            status_code=answer.status,
-            headers=answer.headers,
-            stream=_Stream(answer.stream),
-            extensions=answer.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._pool.aclose()
-
-
-def client(*, allow_private: bool, timeout: float, max_connections: int) -> httpx.AsyncClient:
-    """The client deliveries are sent with: checked destinations, no redirects followed, no
-    proxy or netrc from the environment."""
-    return httpx.AsyncClient(
-        transport=CheckedTransport(allow_private=allow_private, max_connections=max_connections),
-        follow_redirects=False,
-        trust_env=False,
-        timeout=timeout,
+def client(
+    *, allow_private: bool, max_connections: int, ssl_context: ssl.SSLContext | None = None
+) -> httpcore.AsyncConnectionPool:
+    """The connection pool deliveries are sent with: checked destinations, nothing from the
+    environment (no proxy, no netrc), no redirects followed (httpcore follows none). TLS
+    trusts the system's certificate authorities unless ``ssl_context`` says otherwise."""
+    return httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context or ssl.create_default_context(),
+        max_connections=max_connections,
+        network_backend=_CheckedBackend(allow_private),
     )

@@ -40,7 +40,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import httpx
+import httpcore
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.connection import get_connection
 from tortoise.transactions import in_transaction
@@ -247,14 +247,13 @@ class Dispatcher:
         self._in_flight: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: httpcore.AsyncConnectionPool | None = None
         self._outcomes = Outcomes(settings)
         self._statistics = Statistics()
 
     async def start(self) -> None:
         self._http = destinations.client(
             allow_private=self.settings.webhook_allow_private_networks,
-            timeout=self.settings.webhook_timeout_seconds,
             max_connections=MAX_IN_FLIGHT,
         )
         connection = get_connection("default")
@@ -360,20 +359,20 @@ class Dispatcher:
         answer_body: bytes | None = None
         error: str | None = None
         try:
-            async with asyncio.timeout(self.settings.webhook_timeout_seconds):
-                request = self._http.build_request("POST", hook.url, content=body, headers=headers)
-                response = await self._http.send(request, stream=True)
-                try:
-                    status = response.status_code
-                    answer_headers = dict(response.headers)
-                    answer_body = await _read_some(response, LOGGED_BODY_BYTES)
-                finally:
-                    await response.aclose()
+            async with (
+                asyncio.timeout(self.settings.webhook_timeout_seconds),
+                self._http.stream(
+                    "POST", hook.url, headers=list(headers.items()), content=body
+                ) as response,
+            ):
+                status = response.status
+                answer_headers = _header_fields(response.headers)
+                answer_body = await _read_some(response, LOGGED_BODY_BYTES)
         except TimeoutError:
             if status is None:
                 error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
                 metrics.webhook_attempt("timeout")
-        except httpx.HTTPError as failed:
+        except destinations.ERRORS as failed:
             error = f"{type(failed).__name__}: {failed}" if str(failed) else type(failed).__name__
             metrics.webhook_attempt("unreachable")
         duration_ms = round((time.perf_counter() - started) * 1000)
@@ -602,10 +601,19 @@ async def _jobs(connection: BaseDBAsyncClient, claims: list[Claim]) -> list[Job]
     ]
 
 
-async def _read_some(response: httpx.Response, limit: int) -> bytes:
+def _header_fields(fields: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """A response's header fields by lowercased name, repeated ones joined by commas."""
+    shown: dict[str, str] = {}
+    for raw_name, raw_value in fields:
+        name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+        shown[name] = f"{shown[name]}, {value}" if name in shown else value
+    return shown
+
+
+async def _read_some(response: httpcore.Response, limit: int) -> bytes:
     """Up to ``limit`` bytes of the response's body: a receiver may answer without end."""
     read = bytearray()
-    async for chunk in response.aiter_raw():
+    async for chunk in response.aiter_stream():
         read.extend(chunk)
         if len(read) >= limit:
             break
