@@ -43,6 +43,7 @@ import httpx
 from app.auth import LocalIssuer
 from app.settings import Settings
 from bench import harness, http
+from tests.receiver import read_body
 from tests.servers import Server, start_server, stop_server
 
 HOOK_ENV = {"WEBHOOK_ALLOW_HTTP": "true", "WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true"}
@@ -57,12 +58,7 @@ def receiver_app() -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         now = time.time()
         answer = b""
         if scope["method"] == "POST":

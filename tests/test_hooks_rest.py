@@ -11,7 +11,7 @@ import pytest
 from app.models import Hook, HookDelivery
 from tests.conftest import ClientWith, GraphQLClient, Mint, Start
 from tests.helpers import ACCOUNT, OTHER_ACCOUNT, created, eventually
-from tests.receiver import Received, receiving
+from tests.receiver import Received, Receiver, receiving
 
 BASE = f"/v1/accounts/{ACCOUNT}/hooks/subscriptions"
 HOOK_SCOPES = "write:hooks read:hooks"
@@ -290,11 +290,7 @@ async def test_the_deliveries_log_pages_newest_first_and_shows_request_and_respo
     hooks: Hooks, client: GraphQLClient, dispatching: Start
 ) -> None:
     async with receiving() as receiver:
-        hook_id = (await hooks.create(subscription(receiver.url))).json()["id"]
-        await dispatching()
-        await created(client)
-        await receiver.wait_for(lambda log: len(log) == 2)
-        await eventually(lambda: _logged(hooks, hook_id, 2), "both attempts logged")
+        hook_id = await _pinged_and_delivered_once(hooks, client, dispatching, receiver)
 
         first = await hooks.call("GET", f"/{hook_id}/deliveries", limit=1)
         (newest,) = first.json()
@@ -333,6 +329,18 @@ async def test_the_deliveries_log_pages_newest_first_and_shows_request_and_respo
     }
 
 
+async def _pinged_and_delivered_once(
+    hooks: Hooks, client: GraphQLClient, dispatching: Start, receiver: Receiver
+) -> str:
+    """A hook to ``receiver``, its ping and one event's delivery received and logged; its id."""
+    hook_id: str = (await hooks.create(subscription(receiver.url))).json()["id"]
+    await dispatching()
+    await created(client)
+    await receiver.wait_for(lambda log: len(log) == 2)
+    await eventually(lambda: _logged(hooks, hook_id, 2), "both attempts logged")
+    return hook_id
+
+
 async def _logged(hooks: Hooks, hook_id: str, count: int) -> bool:
     response = await hooks.call("GET", f"/{hook_id}/deliveries")
     return len(response.json()) == count
@@ -342,11 +350,7 @@ async def test_redeliver_sends_the_same_delivery_again(
     hooks: Hooks, client: GraphQLClient, dispatching: Start
 ) -> None:
     async with receiving() as receiver:
-        hook_id = (await hooks.create(subscription(receiver.url))).json()["id"]
-        await dispatching()
-        await created(client)
-        await receiver.wait_for(lambda log: len(log) == 2)
-        await eventually(lambda: _logged(hooks, hook_id, 2), "both attempts logged")
+        hook_id = await _pinged_and_delivered_once(hooks, client, dispatching, receiver)
         (newest, _) = (await hooks.call("GET", f"/{hook_id}/deliveries")).json()
 
         response = await hooks.call("POST", f"/{hook_id}/deliveries/{newest['id']}/redeliver")
