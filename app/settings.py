@@ -125,6 +125,9 @@ class Settings:
     webhook_max_attempts: int = 12
     webhook_concurrency_per_hook: int = 4
     webhook_poll_interval_seconds: float = 1.0
+    # While the process answers requests that need its CPU, the share of its event loop's
+    # time that deliveries still take (app.hooks.budget; 1: as much as the requests).
+    webhook_delivery_share: float = 0.05
     webhook_allow_http: bool = False
     webhook_allow_private_networks: bool = False
     # Deliveries received, and the log's attempts, are deleted once this old.
@@ -156,16 +159,13 @@ class Settings:
             if not getattr(self, name) > 0:
                 yield f"{name.upper()} must be more than 0"
         for name, (minimum, note) in _MINIMUMS.items():
-            if getattr(self, name) < minimum:
+            if not getattr(self, name) >= minimum:  # (not NaN either)
                 yield f"{name.upper()} must be at least {minimum}{note}"
+        for name, maximum in _MAXIMUMS.items():
+            if not getattr(self, name) <= maximum:
+                yield f"{name.upper()} must be at most {maximum}"
         if not 0 <= self.db_pool_min_size <= self.db_pool_max_size or self.db_pool_max_size < 1:
             yield "DB_POOL_MAX_SIZE must be at least 1, and DB_POOL_MIN_SIZE between 0 and it"
-        if not 1 <= self.port <= 65535:
-            yield "PORT must be between 1 and 65535"
-        if not self.rate_limit_per_second >= 0:
-            yield "RATE_LIMIT_PER_SECOND must be 0 (no limit) or more"
-        if not self.token_attempts_per_second >= 0:
-            yield "TOKEN_ATTEMPTS_PER_SECOND must be 0 (no limit) or more"
         yield from self._rate_limit_store_problems()
         yield from self._tracing_problems()
         if not self.token_algorithms:
@@ -291,9 +291,11 @@ _POSITIVE = (
     "webhook_retry_base_seconds",
     "webhook_poll_interval_seconds",
     "webhook_retention_days",
+    "webhook_delivery_share",
 )
 # Settings with a least value, and what the message adds to it.
 _MINIMUMS = {
+    "port": (1, ""),
     "idempotency_key_ttl_seconds": (3600, " (one hour)"),
     "idempotency_purge_interval_seconds": (1, ""),
     "subscription_buffer": (1, ""),
@@ -314,7 +316,11 @@ _MINIMUMS = {
     "max_header_bytes": (1024, ""),
     "max_header_count": (10, ""),
     "max_connections": (0, " (0: no limit)"),
+    "rate_limit_per_second": (0, " (0: no limit)"),
+    "token_attempts_per_second": (0, " (0: no limit)"),
     "persisted_query_cache_bytes": (0, " (0: automatic persisted queries off)"),
     "webhook_max_attempts": (1, ""),
     "webhook_concurrency_per_hook": (1, ""),
 }
+# Settings with a greatest value.
+_MAXIMUMS = {"port": 65535, "webhook_delivery_share": 1}

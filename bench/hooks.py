@@ -12,6 +12,8 @@ from an event's creation to its receipt.
   each of its slices the self-delivering one is left to deliver its backlog before the next
   slice starts (so that it does not slow the others'); its slice's events over the slice
   and that catch-up together are the writes a second it sustains with delivery keeping up.
+  Deliveries a second during its slices: few, as its requests queue up and come first
+  (``app.hooks.budget``).
 - **deliveries/s**: events written by a service that does not deliver
   (``WEBHOOK_DELIVERY=false``) over many orders; then a delivering service is started, and
   the backlog's delivery is timed from its first receipt to its last.
@@ -161,14 +163,18 @@ def write_ratio(
         add_hook(outbox, tokens["hooks"], f"{sink.url}/outbox")
         sides = {"plain": plain, "hooked": hooked, "outbox_only": outbox}
         slices: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
-        # Seconds from the end of each hooked slice until all its events were received.
+        # Seconds from the end of each hooked slice until all its events were received; and
+        # how many were received during each hooked slice.
         catch_up: list[float] = []
+        during: list[int] = []
         for _ in range(rounds):
             for name, server in sides.items():
+                before = len(received(sink)) if name == "hooked" else 0
                 slices[name].append(
                     http.write(server, tokens["events"], slice_seconds, connections)
                 )
                 if name == "hooked":
+                    during.append(len(received(sink)) - before)
                     # Its backlog is delivered before the next slice, which it would slow.
                     ended = time.monotonic()
                     got = delivered_all(hooked_url, sink)
@@ -198,6 +204,9 @@ def write_ratio(
         "outbox_only_ratio": round(figures["outbox_only"]["rps"] / figures["plain"]["rps"], 2),
         "outbox_only_ratios": ratios("outbox_only"),
         "catch_up_seconds": catch_up,
+        "delivered_during_rps": round(
+            sum(during) / sum(run["duration_us"] / 1e6 for run in slices["hooked"]), 1
+        ),
         "kept_up_rps": round(sum(kept_up) / len(kept_up), 1),
         "kept_up_ratio": round(sum(kept_up) / len(kept_up) / figures["plain"]["rps"], 2),
         "written_with_hook": written,
@@ -294,7 +303,8 @@ def render(report: dict[str, Any]) -> str:
             f"{db} writes/s with one active hook vs none: {run['hooked']['rps']} vs "
             f"{run['plain']['rps']} (ratio {run['write_ratio']}; per round "
             f"{' '.join(map(str, run['write_ratios']))}); {run['delivered']} of "
-            f"{run['written_with_hook']} delivered, {run['duplicates']} twice"
+            f"{run['written_with_hook']} delivered, {run['duplicates']} twice; "
+            f"{run['delivered_during_rps']} deliveries/s during its slices"
         )
         lines.append(
             f"{db} writes/s sustained with delivery keeping up: {run['kept_up_rps']} (ratio "

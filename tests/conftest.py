@@ -25,6 +25,7 @@ from tortoise.connection import get_connection
 
 from app.auth import LocalIssuer
 from app.db import apply_migrations
+from app.hooks.budget import Budget
 from app.hooks.dispatcher import Dispatcher
 from app.main import create_app
 from app.settings import Settings
@@ -330,7 +331,7 @@ async def dispatching(
     rung by the app's writer; tiny retry delays and loopback receivers allowed by default."""
     started: list[Dispatcher] = []
 
-    async def start(**changes: Any) -> Dispatcher:
+    async def start(budget: Budget | None = None, **changes: Any) -> Dispatcher:
         settings = other_settings(
             **{
                 "webhook_delivery": True,
@@ -342,7 +343,7 @@ async def dispatching(
                 **changes,
             }
         )
-        dispatcher = Dispatcher(settings, app.state.doorbell)
+        dispatcher = Dispatcher(settings, app.state.doorbell, budget)
         await dispatcher.start()
         started.append(dispatcher)
         return dispatcher

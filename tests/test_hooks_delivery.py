@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -16,8 +17,10 @@ import pytest
 from prometheus_client import REGISTRY
 from tortoise import connections
 
+from app.hooks.budget import Budget
 from app.hooks.dispatcher import Statistics, retry_delay
 from app.hooks.outbox import purge_delivered
+from app.load import Requests
 from app.models import Hook, HookAttempt, HookDelivery
 from tests.conftest import GraphQLClient, Start
 from tests.helpers import ACCOUNT, ORDER, created, eventually
@@ -249,6 +252,35 @@ async def test_answers_arriving_together_are_each_recorded_under_their_own_lease
     assert not refused.active
     assert refused.deactivated_reason is not None
     assert "answered 500" in refused.deactivated_reason
+
+
+async def test_deliveries_give_way_to_requests_that_need_the_whole_loop(
+    client: GraphQLClient, dispatching: Start
+) -> None:
+    """While requests queue up, deliveries start at the budget's rate only (here its least:
+    one, then the next a second later); once the requests are over, the rest go at once."""
+    requests = Requests()
+    for _ in range(round(Budget.QUEUED)):
+        requests.begin()
+    # A loop on the CPU all the time; a delivery costs 10 ms; 0.1 % of the loop for them
+    # would be 0.1 a second.
+    budget = Budget(0.001, requests, clock=time.monotonic, cpu=time.monotonic, cost=0.01)
+    budget.allowance()
+    await asyncio.sleep(Budget.SAMPLE_SECONDS)
+    assert budget.allowance() == 1
+    assert budget.rate == Budget.MIN_RATE == 1
+    async with receiving() as receiver:
+        await add_hook(url=receiver.url)
+        for n in range(5):
+            await created(client, order_id=f"order-{n}")
+        await dispatching(budget)
+        await receiver.wait_for(lambda log: len(log) == 1)
+        await asyncio.sleep(0.3)
+        assert len(receiver.log) == 1
+        while requests.in_flight:
+            requests.end()
+        await receiver.wait_for(lambda log: len(log) == 5)
+    assert len({body["order_id"] for body in receiver.events()}) == 5
 
 
 async def test_each_attempt_is_logged_with_request_and_response(

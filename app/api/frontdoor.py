@@ -24,6 +24,7 @@ from app.api.body import limit_body
 from app.api.context import Context, authenticate
 from app.encoding import new_request_id
 from app.errors import RateLimited
+from app.load import REQUESTS
 from app.ratelimit import Limiter, caller_key
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ async def serve(
     # Not tracing.request(): while tracing is off, a request pays no call for it.
     tracer = tracing.active
     span = None if tracer is None else tracer.request(scope)
+    REQUESTS.begin()
     try:
         try:
             reply = await answer(request, exchange)
@@ -98,6 +100,7 @@ async def serve(
             if span is not None:
                 span.answered(status, exchange.error_codes)
     finally:
+        REQUESTS.end()
         if span is not None:
             span.end()
 

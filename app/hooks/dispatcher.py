@@ -48,6 +48,7 @@ from tortoise.transactions import in_transaction
 from app import metrics, rest
 from app.encoding import encode_json
 from app.hooks import destinations, outbox
+from app.hooks.budget import Budget
 from app.hooks.outbox import now_ms
 from app.models import Hook, HookAttempt, HookDelivery
 from app.records import COLUMNS, StoredEvent
@@ -241,9 +242,12 @@ class Statistics:
 class Dispatcher:
     """Delivers the outbox, in this process, until stopped."""
 
-    def __init__(self, settings: Settings, doorbell: Doorbell) -> None:
+    def __init__(
+        self, settings: Settings, doorbell: Doorbell, budget: Budget | None = None
+    ) -> None:
         self.settings = settings
         self.doorbell = doorbell
+        self.budget = budget or Budget(settings.webhook_delivery_share)
         self._in_flight: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -280,11 +284,16 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while True:
+            allowed = self.budget.allowance()
+            if allowed == 0:
+                await asyncio.sleep(self.budget.wait_seconds())
+                continue
             try:
-                claimed = await self.claim()
+                claimed = await self.claim(allowed)
             except Exception as error:
                 logger.warning("could not claim webhook deliveries: %s", error)
                 claimed = []
+            self.budget.started(len(claimed))
             for job in claimed:
                 self._in_flight[job.claim.hook_id] += 1
                 task = asyncio.create_task(self._deliver(job))
@@ -293,10 +302,12 @@ class Dispatcher:
             if not claimed or sum(self._in_flight.values()) >= MAX_IN_FLIGHT:
                 await self.doorbell.wait(self.settings.webhook_poll_interval_seconds)
 
-    async def claim(self) -> list[Job]:
-        """Leases the due deliveries this process has room for, and reads their hooks and
-        events (one statement each for all of them)."""
+    async def claim(self, allowed: int | None = None) -> list[Job]:
+        """Leases the due deliveries this process has room for (``allowed`` at most), and
+        reads their hooks and events (one statement each for all of them)."""
         room = MAX_IN_FLIGHT - sum(self._in_flight.values())
+        if allowed is not None:
+            room = min(room, allowed)
         if room <= 0:
             return []
         connection = get_connection("default")
@@ -328,6 +339,7 @@ class Dispatcher:
         except Exception:
             logger.exception("webhook delivery %s failed unexpectedly", claim.event_delivery)
         finally:
+            self.budget.finished()
             self._in_flight[claim.hook_id] -= 1
             if not self._in_flight[claim.hook_id]:
                 del self._in_flight[claim.hook_id]

@@ -1,0 +1,123 @@
+"""How many webhook deliveries the dispatcher may start now: deliveries give way to the HTTP
+requests the process answers, whose clients are waiting (a delivery is retried anyway).
+
+- With no request being answered (``app.load``), as many as the dispatcher has room for.
+- While requests are answered and do not queue up (fewer than ``QUEUED`` in flight on
+  average), the rate doubles each ``SAMPLE_SECONDS``: spare time goes to deliveries.
+- While requests queue up, the rate drops to ``WEBHOOK_DELIVERY_SHARE`` of the loop's CPU
+  time at a delivery's cost: requests that need the whole process get all but that share,
+  and deliveries still go on, to catch up when the requests ease.
+- A delivery's cost is the loop thread's CPU time per delivery, measured while no request
+  was answered (``DEFAULT_COST_SECONDS`` until then).
+
+A process that must deliver more than that under a load that never eases runs delivery
+processes beside it (``WEBHOOK_DELIVERY=false`` on the API's). Figures: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Final
+
+from app.load import REQUESTS, Requests
+
+
+class Budget:
+    """The dispatcher asks ``allowance`` before a claim, and reports what it ``started``
+    and ``finished``. Called on the event loop's thread (its CPU clock is that thread's)."""
+
+    # A request ended this recently: still busy (a steady load is between requests at times).
+    RECENT_SECONDS: Final = 0.05
+    # The loop is measured over this much time.
+    SAMPLE_SECONDS: Final = 0.1
+    # Requests in flight on average (arriving faster than they are answered, they queue).
+    QUEUED: Final = 8.0
+    DEFAULT_COST_SECONDS: Final = 0.002
+    # A cost is measured over at least this many deliveries, within this much time.
+    CALIBRATION_DELIVERIES: Final = 50
+    CALIBRATION_SECONDS: Final = 10.0
+    # While busy, deliveries are claimed this much time's worth at a time.
+    BATCH_SECONDS: Final = 0.05
+    # Deliveries a second while busy, at least.
+    MIN_RATE: Final = 1.0
+
+    def __init__(
+        self,
+        share: float,
+        requests: Requests = REQUESTS,
+        clock: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.thread_time,
+        cost: float = DEFAULT_COST_SECONDS,
+    ) -> None:
+        self.share = share
+        self.cost = cost
+        self._requests = requests
+        self._clock = clock
+        self._cpu = cpu
+        now, used = clock(), cpu()
+        # Deliveries a second while busy: a busy spell starts at the share of a whole loop.
+        self.rate = self._floor(1.0)
+        self._tokens = self._batch()
+        self._refilled = now
+        # The loop since: time, CPU time, and requests in flight summed over time.
+        self._sample = (now, used, requests.area(now))
+        # A quiet stretch: since (time, CPU time), requests begun and deliveries finished then.
+        self._quiet = (now, used, requests.started, 0)
+        self._finished = 0
+
+    def allowance(self) -> int | None:
+        """How many deliveries may start now (None: as many as there is room for; 0: wait
+        ``wait_seconds`` first)."""
+        now = self._clock()
+        busy = self.share < 1 and self._requests.recent(now, self.RECENT_SECONDS)
+        self._measure(now, busy)
+        if not busy:
+            self._tokens, self._refilled = self._batch(), now
+            return None
+        self._tokens = min(self._batch(), self._tokens + (now - self._refilled) * self.rate)
+        self._refilled = now
+        return int(self._tokens) if self._tokens >= self._batch() else 0
+
+    def wait_seconds(self) -> float:
+        """Until ``allowance`` gives a batch again (while busy)."""
+        return max(0.0, (self._batch() - self._tokens) / self.rate)
+
+    def started(self, count: int) -> None:
+        self._tokens = max(0.0, self._tokens - count)
+
+    def finished(self) -> None:
+        self._finished += 1
+
+    def _batch(self) -> float:
+        return max(1.0, math.floor(self.rate * self.BATCH_SECONDS))
+
+    def _floor(self, loop_use: float) -> float:
+        return max(self.MIN_RATE, self.share * loop_use / self.cost)
+
+    def _measure(self, now: float, busy: bool) -> None:
+        """Ends a sample of the loop long enough, setting the rate from it; and a quiet
+        stretch long enough, setting the cost from it."""
+        since, used_then, area_then = self._sample
+        if now - since >= self.SAMPLE_SECONDS:
+            used, area = self._cpu(), self._requests.area(now)
+            if not busy:
+                self.rate = self._floor(1.0)
+            elif (area - area_then) / (now - since) >= self.QUEUED:
+                self.rate = self._floor((used - used_then) / (now - since))
+            else:
+                self.rate = min(2 * self.rate, 1 / self.cost)
+            self._sample = (now, used, area)
+        since, used_then, begun, finished_then = self._quiet
+        requests = self._requests
+        done = self._finished - finished_then
+        if requests.in_flight or requests.started != begun:
+            self._quiet = (now, self._cpu(), requests.started, self._finished)
+        elif done >= self.CALIBRATION_DELIVERIES:
+            used = self._cpu()
+            # Bounded below: a clock coarser than a delivery must not make the rate endless.
+            self.cost = max(1e-5, (used - used_then) / done)
+            self._quiet = (now, used, begun, self._finished)
+        elif now - since > self.CALIBRATION_SECONDS:
+            self._quiet = (now, self._cpu(), begun, self._finished)
