@@ -97,19 +97,20 @@ def test_requests_that_do_not_queue_up_leave_deliveries_a_rate_doubling_to_the_l
     assert budget.rate == pytest.approx(0.05 * 0.3 / 0.002, rel=0.1)
 
 
-def test_while_busy_deliveries_are_allowed_in_batches_after_a_wait() -> None:
+def test_while_busy_a_claim_takes_a_batch_at_most_and_then_waits_for_the_next_one() -> None:
     loop = Loop(busy=1.0, cost=0.001)
     loop.answering(32)
     budget = budget_of(loop)
     started_over(budget, loop, 1.0)
-    while budget.allowance() != 0:
-        budget.started(1)
-    wait = budget.wait_seconds()
-    # About 50 a second, claimed two at a time (0.05 s' worth): two more 40 ms after the
-    # last two at most.
-    assert 0 < wait <= 0.04
-    loop.advance(wait + 1e-6)
+    loop.advance(1.0)
+    # About 50 a second: a claim takes 0.05 s' worth at most, however long it waited.
     assert budget.allowance() == 2
+    budget.started(2)
+    assert budget.allowance() == 0
+    wait = budget.wait_seconds()
+    assert 0.015 < wait <= 0.02
+    loop.advance(wait + 1e-6)
+    assert budget.allowance() == 1
 
 
 def test_a_request_ended_moments_ago_still_counts_as_busy() -> None:

@@ -2,8 +2,8 @@
 requests the process answers, whose clients are waiting (a delivery is retried anyway).
 
 - With no request being answered (``app.load``), as many as the dispatcher has room for.
-- While requests are answered and do not queue up (fewer than ``QUEUED`` in flight on
-  average), the rate doubles each ``SAMPLE_SECONDS``: spare time goes to deliveries.
+- While requests do not queue up (fewer than ``QUEUED`` in flight on average), the rate
+  doubles each ``SAMPLE_SECONDS``, up to the loop's worth: spare time goes to deliveries.
 - While requests queue up, the rate drops to ``WEBHOOK_DELIVERY_SHARE`` of the loop's CPU
   time at a delivery's cost: requests that need the whole process get all but that share,
   and deliveries still go on, to catch up when the requests ease.
@@ -38,7 +38,7 @@ class Budget:
     # A cost is measured over at least this many deliveries, within this much time.
     CALIBRATION_DELIVERIES: Final = 50
     CALIBRATION_SECONDS: Final = 10.0
-    # While busy, deliveries are claimed this much time's worth at a time.
+    # While busy, at most this much time's worth of deliveries is claimed at once.
     BATCH_SECONDS: Final = 0.05
     # Deliveries a second while busy, at least.
     MIN_RATE: Final = 1.0
@@ -57,8 +57,8 @@ class Budget:
         self._clock = clock
         self._cpu = cpu
         now, used = clock(), cpu()
-        # Deliveries a second while busy: a busy spell starts at the share of a whole loop.
-        self.rate = self._floor(1.0)
+        # Deliveries a second while busy: the loop's worth until requests queue up.
+        self.rate = 1 / cost
         self._tokens = self._batch()
         self._refilled = now
         # The loop since: time, CPU time, and requests in flight summed over time.
@@ -78,11 +78,11 @@ class Budget:
             return None
         self._tokens = min(self._batch(), self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
-        return int(self._tokens) if self._tokens >= self._batch() else 0
+        return int(self._tokens)
 
     def wait_seconds(self) -> float:
-        """Until ``allowance`` gives a batch again (while busy)."""
-        return max(0.0, (self._batch() - self._tokens) / self.rate)
+        """Until ``allowance`` gives one again (while busy)."""
+        return max(0.0, (1 - self._tokens) / self.rate)
 
     def started(self, count: int) -> None:
         self._tokens = max(0.0, self._tokens - count)
@@ -102,9 +102,7 @@ class Budget:
         since, used_then, area_then = self._sample
         if now - since >= self.SAMPLE_SECONDS:
             used, area = self._cpu(), self._requests.area(now)
-            if not busy:
-                self.rate = self._floor(1.0)
-            elif (area - area_then) / (now - since) >= self.QUEUED:
+            if busy and (area - area_then) / (now - since) >= self.QUEUED:
                 self.rate = self._floor((used - used_then) / (now - since))
             else:
                 self.rate = min(2 * self.rate, 1 / self.cost)
