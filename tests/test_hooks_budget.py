@@ -97,19 +97,34 @@ def test_requests_that_do_not_queue_up_leave_deliveries_a_rate_doubling_to_the_l
     assert budget.rate == pytest.approx(0.05 * 0.3 / 0.002, rel=0.1)
 
 
-def test_while_busy_a_claim_takes_a_batch_at_most_and_then_waits_for_the_next_one() -> None:
+def test_while_requests_queue_up_deliveries_are_claimed_a_batch_at_a_time() -> None:
     loop = Loop(busy=1.0, cost=0.001)
     loop.answering(32)
     budget = budget_of(loop)
     started_over(budget, loop, 1.0)
     loop.advance(1.0)
-    # About 50 a second: a claim takes 0.05 s' worth at most, however long it waited.
-    assert budget.allowance() == 2
-    budget.started(2)
+    # 50 a second, claimed 0.25 s' worth at a time, however long the wait was.
+    assert budget.allowance() == 12
+    budget.started(12)
     assert budget.allowance() == 0
     wait = budget.wait_seconds()
-    assert 0.015 < wait <= 0.02
-    loop.advance(wait + 1e-6)
+    assert wait == pytest.approx(0.24)
+    loop.advance(wait / 2)
+    assert budget.allowance() == 0
+    loop.advance(wait / 2 + 1e-6)
+    assert budget.allowance() == 12
+
+
+def test_while_requests_do_not_queue_up_one_delivery_need_not_wait_for_others() -> None:
+    loop = Loop(busy=0.2, cost=0.001)
+    loop.answering(1)
+    budget = budget_of(loop)
+    started_over(budget, loop, 1.0)
+    assert budget.rate == 1000
+    budget.started(budget.allowance() or 0)
+    assert budget.allowance() == 0
+    assert budget.wait_seconds() <= 0.001
+    loop.advance(0.001)
     assert budget.allowance() == 1
 
 

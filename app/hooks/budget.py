@@ -38,8 +38,10 @@ class Budget:
     # A cost is measured over at least this many deliveries, within this much time.
     CALIBRATION_DELIVERIES: Final = 50
     CALIBRATION_SECONDS: Final = 10.0
-    # While busy, at most this much time's worth of deliveries is claimed at once.
-    BATCH_SECONDS: Final = 0.05
+    # While busy, at most this much time's worth of deliveries is claimed at once; and
+    # while requests queue up, no fewer (each claim and each commit of outcomes takes the
+    # database from the requests: on SQLite, its one connection).
+    BATCH_SECONDS: Final = 0.25
     # Deliveries a second while busy, at least.
     MIN_RATE: Final = 1.0
 
@@ -59,6 +61,8 @@ class Budget:
         now, used = clock(), cpu()
         # Deliveries a second while busy: the loop's worth until requests queue up.
         self.rate = 1 / cost
+        # Whether requests queued up in the last sample.
+        self._queued = False
         self._tokens = self._batch()
         self._refilled = now
         # The loop since: time, CPU time, and requests in flight summed over time.
@@ -78,11 +82,11 @@ class Budget:
             return None
         self._tokens = min(self._batch(), self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
-        return int(self._tokens)
+        return int(self._tokens) if self._tokens >= (self._batch() if self._queued else 1) else 0
 
     def wait_seconds(self) -> float:
-        """Until ``allowance`` gives one again (while busy)."""
-        return max(0.0, (1 - self._tokens) / self.rate)
+        """Until ``allowance`` gives some again (while busy)."""
+        return max(0.0, ((self._batch() if self._queued else 1) - self._tokens) / self.rate)
 
     def started(self, count: int) -> None:
         self._tokens = max(0.0, self._tokens - count)
@@ -102,7 +106,8 @@ class Budget:
         since, used_then, area_then = self._sample
         if now - since >= self.SAMPLE_SECONDS:
             used, area = self._cpu(), self._requests.area(now)
-            if busy and (area - area_then) / (now - since) >= self.QUEUED:
+            self._queued = busy and (area - area_then) / (now - since) >= self.QUEUED
+            if self._queued:
                 self.rate = self._floor((used - used_then) / (now - since))
             else:
                 self.rate = min(2 * self.rate, 1 / self.cost)
