@@ -58,6 +58,15 @@ def budget_of(loop: Loop, share: float = 0.05) -> Budget:
     return Budget(share, loop.requests, clock=loop.clock, cpu=loop.cpu, cost=loop.cost)
 
 
+def settled(busy: float, cost: float, answering: int) -> tuple[Loop, Budget]:
+    """A loop with ``answering`` requests in flight, and its budget after a second of it."""
+    loop = Loop(busy=busy, cost=cost)
+    loop.answering(answering)
+    budget = budget_of(loop)
+    started_over(budget, loop, 1.0)
+    return loop, budget
+
+
 def test_with_no_request_answered_deliveries_have_no_limit() -> None:
     loop = Loop(busy=1.0, cost=0.002)
     budget = budget_of(loop)
@@ -69,20 +78,14 @@ def test_with_no_request_answered_deliveries_have_no_limit() -> None:
 
 @pytest.mark.parametrize("busy", [1.0, 0.6])
 def test_requests_that_queue_up_leave_deliveries_their_share_of_the_loop(busy: float) -> None:
-    loop = Loop(busy=busy, cost=0.002)
-    loop.answering(32)
-    budget = budget_of(loop)
-    started_over(budget, loop, 1.0)  # the first samples
+    loop, budget = settled(busy, 0.002, 32)
     # 0.05 of what the loop gets (its CPU time, with the deliveries'), at 2 ms a delivery.
     expected = 10.0 * 0.05 * (busy + 0.05) / 0.002
     assert started_over(budget, loop, 10.0) == pytest.approx(expected, rel=0.1)
 
 
 def test_requests_that_do_not_queue_up_leave_deliveries_a_rate_doubling_to_the_loop() -> None:
-    loop = Loop(busy=0.3, cost=0.002)
-    loop.answering(32)
-    budget = budget_of(loop)
-    started_over(budget, loop, 1.0)
+    loop, budget = settled(0.3, 0.002, 32)
     # The share of what the loop is on the CPU (0.3, and deliveries' little).
     assert budget.rate == pytest.approx(0.05 * 0.3 / 0.002, rel=0.1)
     loop.answering(2)
@@ -98,10 +101,7 @@ def test_requests_that_do_not_queue_up_leave_deliveries_a_rate_doubling_to_the_l
 
 
 def test_while_requests_queue_up_deliveries_are_claimed_a_batch_at_a_time() -> None:
-    loop = Loop(busy=1.0, cost=0.001)
-    loop.answering(32)
-    budget = budget_of(loop)
-    started_over(budget, loop, 1.0)
+    loop, budget = settled(1.0, 0.001, 32)
     loop.advance(1.0)
     # 50 a second, claimed 0.25 s' worth at a time, however long the wait was.
     assert budget.allowance() == 12
@@ -116,10 +116,7 @@ def test_while_requests_queue_up_deliveries_are_claimed_a_batch_at_a_time() -> N
 
 
 def test_while_requests_do_not_queue_up_one_delivery_need_not_wait_for_others() -> None:
-    loop = Loop(busy=0.2, cost=0.001)
-    loop.answering(1)
-    budget = budget_of(loop)
-    started_over(budget, loop, 1.0)
+    loop, budget = settled(0.2, 0.001, 1)
     assert budget.rate == 1000
     budget.started(budget.allowance() or 0)
     assert budget.allowance() == 0
@@ -129,10 +126,7 @@ def test_while_requests_do_not_queue_up_one_delivery_need_not_wait_for_others() 
 
 
 def test_a_request_ended_moments_ago_still_counts_as_busy() -> None:
-    loop = Loop(busy=1.0, cost=0.002)
-    loop.answering(1)
-    budget = budget_of(loop)
-    started_over(budget, loop, 1.0)
+    loop, budget = settled(1.0, 0.002, 1)
     loop.answering(0)
     loop.advance(Budget.RECENT_SECONDS / 2)
     assert budget.allowance() is not None

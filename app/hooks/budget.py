@@ -5,8 +5,8 @@ requests the process answers, whose clients are waiting (a delivery is retried a
 - While requests do not queue up (fewer than ``QUEUED`` in flight on average), the rate
   doubles each ``SAMPLE_SECONDS``, up to the loop's worth: spare time goes to deliveries.
 - While requests queue up, the rate drops to ``WEBHOOK_DELIVERY_SHARE`` of the loop's CPU
-  time at a delivery's cost: requests that need the whole process get all but that share,
-  and deliveries still go on, to catch up when the requests ease.
+  time at a delivery's cost, claimed in batches: requests that need the whole process get
+  all but that share, and deliveries still go on, to catch up when the requests ease.
 - A delivery's cost is the loop thread's CPU time per delivery, measured while no request
   was answered (``DEFAULT_COST_SECONDS`` until then).
 
@@ -82,11 +82,11 @@ class Budget:
             return None
         self._tokens = min(self._batch(), self._tokens + (now - self._refilled) * self.rate)
         self._refilled = now
-        return int(self._tokens) if self._tokens >= (self._batch() if self._queued else 1) else 0
+        return int(self._tokens) if self._tokens >= self._least() else 0
 
     def wait_seconds(self) -> float:
         """Until ``allowance`` gives some again (while busy)."""
-        return max(0.0, ((self._batch() if self._queued else 1) - self._tokens) / self.rate)
+        return max(0.0, (self._least() - self._tokens) / self.rate)
 
     def started(self, count: int) -> None:
         self._tokens = max(0.0, self._tokens - count)
@@ -96,6 +96,10 @@ class Budget:
 
     def _batch(self) -> float:
         return max(1.0, math.floor(self.rate * self.BATCH_SECONDS))
+
+    def _least(self) -> float:
+        """The fewest deliveries a claim is worth while busy."""
+        return self._batch() if self._queued else 1.0
 
     def _floor(self, loop_use: float) -> float:
         return max(self.MIN_RATE, self.share * loop_use / self.cost)
