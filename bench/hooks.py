@@ -1,7 +1,7 @@
 """Webhooks: what one active hook costs writes, how fast a backlog is delivered, and the time
 from an event's creation to its receipt.
 
-    python -m bench.hooks [--quick] [--databases sqlite postgres]
+    python -m bench.hooks [--quick] [--rounds N] [--databases sqlite postgres]
 
 - **write ratio**: services each on a fresh database: one without hooks, one with an active
   hook it delivers to a local receiver itself, one with an active hook but
@@ -275,6 +275,7 @@ def measure(
     *,
     quick: bool = False,
     tiny: bool = False,
+    rounds: int | None = None,
     connections: int = 32,
 ) -> dict[str, Any]:
     issuer = LocalIssuer.load_or_create(Settings(data_dir=workdir / "data"))
@@ -287,9 +288,12 @@ def measure(
     tokens = {"events": token("read:shopping write:shopping"), "hooks": token("write:hooks")}
     # (seconds of writes, rounds, backlog events, paced events)
     sizes = (1, 1, 20, 5) if tiny else (2, 2, 300, 40) if quick else (9, 3, 3000, 200)
-    seconds, rounds, backlog_events, paced = sizes
+    seconds, slices, backlog_events, paced = sizes
+    if rounds is not None:
+        # More rounds of the same slices: write ratios that tell smaller differences apart.
+        seconds, slices = seconds * rounds // slices, rounds
     return {
-        "write": [write_ratio(k, workdir, tokens, seconds, connections, rounds) for k in kinds],
+        "write": [write_ratio(k, workdir, tokens, seconds, connections, slices) for k in kinds],
         "backlog": [backlog(k, workdir, tokens, backlog_events) for k in kinds],
         "latency": [latency(k, workdir, tokens, paced, 20.0) for k in kinds],
     }
@@ -334,13 +338,24 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hooks", description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of writes, of the same length each (default 3)"
+    )
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument(
         "--databases", nargs="*", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
     )
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     with tempfile.TemporaryDirectory(prefix="order-events-bench-hooks-") as tmp:
-        report = measure(args.databases, Path(tmp), quick=args.quick, connections=args.connections)
+        report = measure(
+            args.databases,
+            Path(tmp),
+            quick=args.quick,
+            rounds=args.rounds,
+            connections=args.connections,
+        )
     print(render(report))
     return 0
 
