@@ -391,6 +391,32 @@ async def test_deliveries_received_are_purged_after_the_retention_and_others_kep
     assert await purge_delivered(30 * 86400) == 0
 
 
+async def test_the_purge_deletes_up_to_the_first_row_kept_and_what_follows_it_later(
+    client: GraphQLClient,
+) -> None:
+    """Rows go by a range of ids, up to the first one not old enough: an old row written
+    after a newer one (an attempt logged late) goes once that one is old too."""
+    now = datetime.now(UTC)
+    for n, days in enumerate([40, 35, 1, 31]):
+        await HookAttempt.create(
+            attempt_id=str(uuid.uuid4()),
+            delivery_id=n,
+            hook_id=1,
+            attempt=1,
+            created_at=now - timedelta(days=days),
+            status="delivered",
+            duration_ms=1,
+            request_headers="{}",
+            request_body="{}",
+        )
+
+    assert await purge_delivered(30 * 86400) == 2
+    assert sorted(await HookAttempt.all().values_list("delivery_id", flat=True)) == [2, 3]
+    await HookAttempt.filter(delivery_id=2).update(created_at=now - timedelta(days=32))
+    assert await purge_delivered(30 * 86400) == 2
+    assert await HookAttempt.all().count() == 0
+
+
 async def _two_attempts_logged() -> bool:
     return await HookAttempt.all().count() == 2
 

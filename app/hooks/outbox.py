@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from tortoise.backends.base.client import BaseDBAsyncClient
 
@@ -98,6 +98,22 @@ async def purge_delivered(retention_seconds: float) -> int:
     order reads only those not received) and the log's attempts. Deliveries still pending
     or given up on stay, whatever their age. Returns how many rows went."""
     cutoff = datetime.now(UTC) - timedelta(seconds=retention_seconds)
-    deliveries = await HookDelivery.filter(status=DELIVERED, created_at__lt=cutoff).delete()
-    attempts = await HookAttempt.filter(created_at__lt=cutoff).delete()
-    return int(deliveries) + int(attempts)
+    deliveries = await _purge(HookDelivery, cutoff, status=DELIVERED)
+    attempts = await _purge(HookAttempt, cutoff)
+    return deliveries + attempts
+
+
+async def _purge(model: type[HookDelivery | HookAttempt], cutoff: datetime, **where: Any) -> int:
+    """Deletes ``model``'s rows older than ``cutoff`` (and matching ``where``) by a range
+    of its primary key, not by reading the whole table: rows are written in the order of
+    their times, so the first one not older than the cutoff bounds those that are (an index
+    of their times would be one more entry for every delivery written). A row written out
+    of that order (an attempt is logged once answered, its time is when it began) goes at
+    the first purge after the rows before it are old too."""
+    first_kept = await (
+        model.filter(created_at__gte=cutoff).order_by("id").limit(1).values_list("id", flat=True)
+    )
+    old = model.filter(created_at__lt=cutoff, **where)
+    if first_kept:
+        old = old.filter(id__lt=first_kept[0])
+    return int(await old.delete())
