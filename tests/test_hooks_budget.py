@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 
 from app.hooks.budget import Budget
-from app.load import Requests
+from app.load import REQUESTS, Requests
+from tests.conftest import GraphQLClient
+from tests.helpers import ACCOUNT, ORDER, created
 
 
 class Loop:
@@ -160,3 +162,20 @@ def test_a_request_begun_meanwhile_spoils_the_measurement() -> None:
         loop.advance(0.002)
         budget.allowance()
     assert budget.cost == Budget.DEFAULT_COST_SECONDS
+
+
+async def test_the_front_door_counts_every_routes_requests(client: GraphQLClient) -> None:
+    """The count the budget reads: each request once, whichever route answers it (the
+    compiled and the general GraphQL path, the REST events, Get Token), none left in
+    flight once answered, refused ones too."""
+    before = REQUESTS.started
+    await created(client)
+    general = await client.http.post("/graphql", json={"query": "{ __typename }"})
+    rest = await client.http.get(
+        f"/v1/accounts/{ACCOUNT}/shopping/orders/{ORDER}/events",
+        headers={"authorization": f"Bearer {client.default_token}"},
+    )
+    token = await client.http.post(f"/v1/accounts/{ACCOUNT}/auth/token", json={})
+    assert (general.status_code, rest.status_code, token.status_code) == (200, 200, 401)
+    assert REQUESTS.started - before == 4
+    assert REQUESTS.in_flight == 0
