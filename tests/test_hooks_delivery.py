@@ -257,18 +257,19 @@ async def test_answers_arriving_together_are_each_recorded_under_their_own_lease
 async def test_deliveries_give_way_to_requests_that_need_the_whole_loop(
     client: GraphQLClient, dispatching: Start
 ) -> None:
-    """While requests queue up, deliveries start at the budget's rate only (here its least:
-    one, then the next a second later); once the requests are over, the rest go at once."""
-    requests = Requests()
+    """While requests queue up, deliveries start at the budget's rate only (here one, and
+    no more while the budget's clock stands still); once the requests are over, the rest
+    go at once."""
+    clock = Clock()
+    requests = Requests(clock=clock)
     for _ in range(round(Budget.QUEUED)):
         requests.begin()
-    # A loop on the CPU all the time; a delivery costs 10 ms; 0.1 % of the loop for them
-    # would be 0.1 a second.
-    budget = Budget(0.001, requests, clock=time.monotonic, cpu=time.monotonic, cost=0.01)
+    # A loop on the CPU all the time; a delivery costs 10 ms: the least rate, one a second.
+    budget = Budget(0.001, requests, clock=clock, cpu=clock, cost=0.01)
     budget.allowance()
-    await asyncio.sleep(Budget.SAMPLE_SECONDS)
+    clock.now += Budget.SAMPLE_SECONDS
     assert budget.allowance() == 1
-    assert budget.rate == Budget.MIN_RATE == 1
+    assert budget.rate == Budget.MIN_RATE
     async with receiving() as receiver:
         await add_hook(url=receiver.url)
         for n in range(5):
@@ -279,8 +280,19 @@ async def test_deliveries_give_way_to_requests_that_need_the_whole_loop(
         assert len(receiver.log) == 1
         while requests.in_flight:
             requests.end()
+        clock.now += 1.0
         await receiver.wait_for(lambda log: len(log) == 5)
     assert len({body["order_id"] for body in receiver.events()}) == 5
+
+
+class Clock:
+    """A clock that moves when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
 
 
 async def test_each_attempt_is_logged_with_request_and_response(
