@@ -149,6 +149,12 @@ WEBHOOK_LAG = Histogram(
     buckets=(*_LATENCY_BUCKETS, 30, 60, 300, 1800, 3600, 21600),
 )
 
+WEBHOOK_GIVING_WAY = Counter(
+    "order_events_webhook_giving_way_seconds",
+    "Time the webhook dispatcher waited before claiming more deliveries, giving way to HTTP "
+    "requests (WEBHOOK_DELIVERY_SHARE)",
+)
+
 
 def webhook_attempt(outcome: str) -> None:
     """A webhook POST that was not delivered, and why (one of the outcomes above)."""

@@ -270,6 +270,7 @@ async def test_deliveries_give_way_to_requests_that_need_the_whole_loop(
     clock.now += Budget.SAMPLE_SECONDS
     assert budget.allowance() == 1
     assert budget.rate == Budget.MIN_RATE
+    waited = REGISTRY.get_sample_value("order_events_webhook_giving_way_seconds_total") or 0
     async with receiving() as receiver:
         await add_hook(url=receiver.url)
         for n in range(5):
@@ -278,6 +279,9 @@ async def test_deliveries_give_way_to_requests_that_need_the_whole_loop(
         await receiver.wait_for(lambda log: len(log) == 1)
         await asyncio.sleep(0.3)
         assert len(receiver.log) == 1
+        # A second's wait for the next one's allowance, counted as it begins.
+        counted = REGISTRY.get_sample_value("order_events_webhook_giving_way_seconds_total")
+        assert counted is not None and counted - waited >= 1
         while requests.in_flight:
             requests.end()
         clock.now += 1.0

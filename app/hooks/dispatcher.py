@@ -286,7 +286,9 @@ class Dispatcher:
         while True:
             allowed = self.budget.allowance()
             if allowed == 0:
-                await asyncio.sleep(self.budget.wait_seconds())
+                wait = self.budget.wait_seconds()
+                metrics.WEBHOOK_GIVING_WAY.inc(wait)
+                await asyncio.sleep(wait)
                 continue
             try:
                 claimed = await self.claim(allowed)
