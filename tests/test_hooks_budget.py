@@ -86,20 +86,30 @@ def test_requests_that_queue_up_leave_deliveries_their_share_of_the_loop(busy: f
     assert started_over(budget, loop, 10.0) == pytest.approx(expected, rel=0.1)
 
 
+def test_queued_requests_that_leave_the_loop_idle_leave_deliveries_up_to_the_idle_target() -> None:
+    """Requests queued on a slow database, not on the CPU: deliveries take the loop's idle
+    time up to half of it, the share being less."""
+    loop, budget = settled(0.2, 0.002, 32)
+    # (0.5 - 0.2) of the loop at 2 ms a delivery: 150 a second.
+    assert started_over(budget, loop, 10.0) == pytest.approx(1500, rel=0.1)
+
+
 def test_requests_that_do_not_queue_up_leave_deliveries_a_rate_doubling_to_the_loop() -> None:
-    loop, budget = settled(0.3, 0.002, 32)
-    # The share of what the loop is on the CPU (0.3, and deliveries' little).
-    assert budget.rate == pytest.approx(0.05 * 0.3 / 0.002, rel=0.1)
+    loop, budget = settled(0.7, 0.002, 32)
+    # The share of what the loop is on the CPU, the deliveries' own time included:
+    # r = 0.05 (0.7 + 0.002 r) / 0.002.
+    share_rate = 0.05 * 0.7 / 0.002 / (1 - 0.05)
+    assert budget.rate == pytest.approx(share_rate, rel=0.1)
     loop.answering(2)
-    # 7.5 a second doubled each 0.1 s reaches the loop's worth (500) within 0.7 s.
-    started_over(budget, loop, 0.75)
+    # About 18 a second doubled each 0.1 s reaches the loop's worth (500) within 0.5 s.
+    started_over(budget, loop, 0.65)
     assert budget.rate == 500
     assert started_over(budget, loop, 10.0) == pytest.approx(5000, rel=0.1)
     # Queued again: back to the share within a few samples (the first ones still count
     # the loop time that the deliveries before took).
     loop.answering(32)
-    started_over(budget, loop, 0.45)
-    assert budget.rate == pytest.approx(0.05 * 0.3 / 0.002, rel=0.1)
+    started_over(budget, loop, 1.0)
+    assert budget.rate == pytest.approx(share_rate, rel=0.1)
 
 
 def test_while_requests_queue_up_deliveries_are_claimed_a_batch_at_a_time() -> None:

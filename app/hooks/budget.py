@@ -6,7 +6,9 @@ requests the process answers, whose clients are waiting (a delivery is retried a
   doubles each ``SAMPLE_SECONDS``, up to the loop's worth: spare time goes to deliveries.
 - While requests queue up, the rate drops to ``WEBHOOK_DELIVERY_SHARE`` of the loop's CPU
   time at a delivery's cost, claimed in batches: requests that need the whole process get
-  all but that share, and deliveries still go on, to catch up when the requests ease.
+  all but that share, and deliveries still go on, to catch up when the requests ease. If
+  the requests leave the loop idle much of the time (they queue on a slow database, not on
+  the CPU), deliveries may also use it up to ``IDLE_TARGET`` of the loop's time.
 - A delivery's cost is the loop thread's CPU time per delivery, measured while no request
   was answered (``DEFAULT_COST_SECONDS`` until then).
 
@@ -34,6 +36,8 @@ class Budget:
     SAMPLE_SECONDS: Final = 0.1
     # Requests in flight on average (arriving faster than they are answered, they queue).
     QUEUED: Final = 8.0
+    # While requests queue up, deliveries may fill the loop's CPU time up to this share.
+    IDLE_TARGET: Final = 0.5
     DEFAULT_COST_SECONDS: Final = 0.002
     # A cost is measured over at least this many deliveries, within this much time.
     CALIBRATION_DELIVERIES: Final = 50
@@ -61,8 +65,9 @@ class Budget:
         now, used = clock(), cpu()
         # Deliveries a second while busy: the loop's worth until requests queue up.
         self.rate = 1 / cost
-        # Whether requests queued up in the last sample.
+        # Whether requests queued up in the last sample; deliveries started in this one.
         self._queued = False
+        self._sampled_starts = 0
         self._tokens = self._batch()
         self._refilled = now
         # The loop since: time, CPU time, and requests in flight summed over time.
@@ -90,6 +95,7 @@ class Budget:
 
     def started(self, count: int) -> None:
         self._tokens = max(0.0, self._tokens - count)
+        self._sampled_starts += count
 
     def finished(self) -> None:
         self._finished += 1
@@ -101,8 +107,13 @@ class Budget:
         """The fewest deliveries a claim is worth while busy."""
         return self._batch() if self._queued else 1.0
 
-    def _floor(self, loop_use: float) -> float:
-        return max(self.MIN_RATE, self.share * loop_use / self.cost)
+    def _queued_rate(self, loop_use: float, seconds: float) -> float:
+        """Deliveries a second while requests queue up, after a sample of ``seconds`` in
+        which the loop was on the CPU ``loop_use`` of the time (the deliveries' part of it
+        taken at their cost)."""
+        others = max(0.0, loop_use - self._sampled_starts * self.cost / seconds)
+        share = max(self.share * loop_use, self.IDLE_TARGET - others)
+        return max(self.MIN_RATE, share / self.cost)
 
     def _measure(self, now: float, busy: bool) -> None:
         """Ends a sample of the loop long enough, setting the rate from it; and a quiet
@@ -110,12 +121,13 @@ class Budget:
         since, used_then, area_then = self._sample
         if now - since >= self.SAMPLE_SECONDS:
             used, area = self._cpu(), self._requests.area(now)
-            self._queued = busy and (area - area_then) / (now - since) >= self.QUEUED
+            seconds = now - since
+            self._queued = busy and (area - area_then) / seconds >= self.QUEUED
             if self._queued:
-                self.rate = self._floor((used - used_then) / (now - since))
+                self.rate = self._queued_rate((used - used_then) / seconds, seconds)
             else:
                 self.rate = min(2 * self.rate, 1 / self.cost)
-            self._sample = (now, used, area)
+            self._sample, self._sampled_starts = (now, used, area), 0
         since, used_then, begun, finished_then = self._quiet
         requests = self._requests
         done = self._finished - finished_then
