@@ -125,7 +125,7 @@ class Settings:
     webhook_max_attempts: int = 12
     webhook_concurrency_per_hook: int = 4
     webhook_poll_interval_seconds: float = 1.0
-    # While the process's requests queue up, the share of its event loop's time that its
+    # While the process's requests queue up, the share of its CPU time that its
     # deliveries still take (app.hooks.budget; 1: requests get no priority).
     webhook_delivery_share: float = 0.05
     webhook_allow_http: bool = False

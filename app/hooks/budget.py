@@ -3,14 +3,15 @@ requests the process answers, whose clients are waiting (a delivery is retried a
 
 - With no request being answered (``app.load``), as many as the dispatcher has room for.
 - While requests do not queue up (fewer than ``QUEUED`` in flight on average), the rate
-  doubles each ``SAMPLE_SECONDS``, up to the loop's worth: spare time goes to deliveries.
-- While requests queue up, the rate drops to ``WEBHOOK_DELIVERY_SHARE`` of the loop's CPU
-  time at a delivery's cost, claimed in batches: requests that need the whole process get
+  doubles each ``SAMPLE_SECONDS``, up to a whole CPU's worth: spare time goes to deliveries.
+- While requests queue up, the rate drops to ``WEBHOOK_DELIVERY_SHARE`` of the process's
+  CPU time at a delivery's cost, claimed in batches: requests that need the whole process get
   all but that share, and deliveries still go on, to catch up when the requests ease. If
-  the requests leave the loop idle much of the time (they queue on a slow database, not on
-  the CPU), deliveries may also use it up to ``IDLE_TARGET`` of the loop's time.
-- A delivery's cost is the loop thread's CPU time per delivery, measured while no request
-  was answered (``DEFAULT_COST_SECONDS`` until then).
+  the requests leave the CPU idle much of the time (they queue on a slow database, not on
+  the CPU), deliveries may also use it up to ``IDLE_TARGET`` of one CPU's time.
+- A delivery's cost is the process's CPU time per delivery (all its threads: SQLite's work
+  is in one of its own), measured while no request was answered (``DEFAULT_COST_SECONDS``
+  until then).
 
 A process that must deliver more than that under a load that never eases runs delivery
 processes beside it (``WEBHOOK_DELIVERY=false`` on the API's). Figures: docs/benchmarks.md.
@@ -28,7 +29,7 @@ from app.load import REQUESTS, Requests
 
 class Budget:
     """The dispatcher asks ``allowance`` before a claim, and reports what it ``started``
-    and ``finished``. Called on the event loop's thread (its CPU clock is that thread's)."""
+    and ``finished``, on the event loop's thread."""
 
     # A request ended this recently: still busy (a steady load is between requests at times).
     RECENT_SECONDS: Final = 0.05
@@ -36,7 +37,8 @@ class Budget:
     SAMPLE_SECONDS: Final = 0.1
     # Requests in flight on average (arriving faster than they are answered, they queue).
     QUEUED: Final = 8.0
-    # While requests queue up, deliveries may fill the loop's CPU time up to this share.
+    # While requests queue up, deliveries may fill the process's CPU time up to this share
+    # of one CPU.
     IDLE_TARGET: Final = 0.5
     DEFAULT_COST_SECONDS: Final = 0.002
     # A cost is measured over at least this many deliveries, within this much time.
@@ -54,7 +56,7 @@ class Budget:
         share: float,
         requests: Requests = REQUESTS,
         clock: Callable[[], float] = time.monotonic,
-        cpu: Callable[[], float] = time.thread_time,
+        cpu: Callable[[], float] = time.process_time,
         cost: float = DEFAULT_COST_SECONDS,
     ) -> None:
         self.share = share
@@ -63,7 +65,7 @@ class Budget:
         self._clock = clock
         self._cpu = cpu
         now, used = clock(), cpu()
-        # Deliveries a second while busy: the loop's worth until requests queue up.
+        # Deliveries a second while busy: a whole CPU's worth until requests queue up.
         self.rate = 1 / cost
         # Whether requests queued up in the last sample; deliveries started in this one.
         self._queued = False
