@@ -33,7 +33,7 @@ class Budget:
 
     # A request ended this recently: still busy (a steady load is between requests at times).
     RECENT_SECONDS: Final = 0.05
-    # The loop is measured over this much time.
+    # The process's CPU time and its requests are sampled over this much time.
     SAMPLE_SECONDS: Final = 0.1
     # Requests in flight on average (arriving faster than they are answered, they queue).
     QUEUED: Final = 8.0
@@ -72,7 +72,7 @@ class Budget:
         self._sampled_starts = 0
         self._tokens = self._batch()
         self._refilled = now
-        # The loop since: time, CPU time, and requests in flight summed over time.
+        # The sample since: time, CPU time, and requests in flight summed over time.
         self._sample = (now, used, requests.area(now))
         # A quiet stretch: since (time, CPU time), requests begun and deliveries finished then.
         self._quiet = (now, used, requests.started, 0)
@@ -83,7 +83,8 @@ class Budget:
         ``wait_seconds`` first)."""
         now = self._clock()
         busy = self.share < 1 and self._requests.recent(now, self.RECENT_SECONDS)
-        self._measure(now, busy)
+        self._sample_rate(now, busy)
+        self._calibrate(now)
         if not busy:
             self._tokens, self._refilled = self._batch(), now
             return None
@@ -109,17 +110,16 @@ class Budget:
         """The fewest deliveries a claim is worth while busy."""
         return self._batch() if self._queued else 1.0
 
-    def _queued_rate(self, loop_use: float, seconds: float) -> float:
+    def _queued_rate(self, cpu_use: float, seconds: float) -> float:
         """Deliveries a second while requests queue up, after a sample of ``seconds`` in
-        which the loop was on the CPU ``loop_use`` of the time (the deliveries' part of it
+        which the process was on the CPU ``cpu_use`` of the time (the deliveries' part of it
         taken at their cost)."""
-        others = max(0.0, loop_use - self._sampled_starts * self.cost / seconds)
-        share = max(self.share * loop_use, self.IDLE_TARGET - others)
+        others = max(0.0, cpu_use - self._sampled_starts * self.cost / seconds)
+        share = max(self.share * cpu_use, self.IDLE_TARGET - others)
         return max(self.MIN_RATE, share / self.cost)
 
-    def _measure(self, now: float, busy: bool) -> None:
-        """Ends a sample of the loop long enough, setting the rate from it; and a quiet
-        stretch long enough, setting the cost from it."""
+    def _sample_rate(self, now: float, busy: bool) -> None:
+        """Ends a sample long enough, setting the rate from it."""
         since, used_then, area_then = self._sample
         if now - since >= self.SAMPLE_SECONDS:
             used, area = self._cpu(), self._requests.area(now)
@@ -130,6 +130,10 @@ class Budget:
             else:
                 self.rate = min(2 * self.rate, 1 / self.cost)
             self._sample, self._sampled_starts = (now, used, area), 0
+
+    def _calibrate(self, now: float) -> None:
+        """Ends a quiet stretch long enough, setting the cost from it; a request begun
+        spoils it."""
         since, used_then, begun, finished_then = self._quiet
         requests = self._requests
         done = self._finished - finished_then
